@@ -1,0 +1,355 @@
+//! Knative's header vocabulary: probe classification, host rewriting and the `Forwarded` shim.
+
+use http::{HeaderMap, HeaderName, HeaderValue, header};
+
+/// Marks a probe and names who should answer it (`queue`, `activator`, `probe`).
+pub const K_NETWORK_PROBE: HeaderName = HeaderName::from_static("k-network-probe");
+/// Hash a `K-Network-Probe: probe` must carry and gets echoed back.
+pub const K_NETWORK_HASH: HeaderName = HeaderName::from_static("k-network-hash");
+/// Deprecated kubelet marker: bypasses statistics and the breaker.
+pub const K_KUBELET_PROBE: HeaderName = HeaderName::from_static("k-kubelet-probe");
+/// Set by the activator on requests it forwards (`activator`).
+pub const K_PROXY_REQUEST: HeaderName = HeaderName::from_static("k-proxy-request");
+/// The original `Host`, restored before the request reaches the app.
+pub const K_ORIGINAL_HOST: HeaderName = HeaderName::from_static("k-original-host");
+/// Names the revision; removed before the app.
+pub const KNATIVE_SERVING_REVISION: HeaderName =
+    HeaderName::from_static("knative-serving-revision");
+/// Names the revision's namespace; removed before the app.
+pub const KNATIVE_SERVING_NAMESPACE: HeaderName =
+    HeaderName::from_static("knative-serving-namespace");
+/// Passthrough load-balancing request from the ingress (mesh mode).
+pub const K_PASSTHROUGH_LB: HeaderName = HeaderName::from_static("k-passthrough-lb");
+
+/// `K-Network-Probe` value of a network probe that must echo its hash.
+pub const PROBE_VALUE_PROBE: &str = "probe";
+/// `K-Network-Probe` value a queue-proxy health check carries.
+pub const PROBE_VALUE_QUEUE: &str = "queue";
+/// `K-Proxy-Request` value the activator sets.
+pub const PROXY_VALUE_ACTIVATOR: &str = "activator";
+
+/// User-Agent prefix of the kubelet.
+pub const KUBE_PROBE_UA_PREFIX: &str = "kube-probe/";
+/// User-Agent of the activator's probes.
+pub const ACTIVATOR_UA: &str = "Knative-Activator-Probe";
+/// User-Agent of the autoscaler's probes.
+pub const AUTOSCALING_UA: &str = "Knative-Autoscaling-Probe";
+
+/// A health check by User-Agent alone: the kubelet, the activator or the autoscaler, on any path.
+pub fn is_health_check(headers: &HeaderMap) -> bool {
+    headers.get(header::USER_AGENT).is_some_and(|ua| {
+        let ua = ua.as_bytes();
+        ua.starts_with(KUBE_PROBE_UA_PREFIX.as_bytes())
+            || ua.starts_with(ACTIVATOR_UA.as_bytes())
+            || ua.starts_with(AUTOSCALING_UA.as_bytes())
+    })
+}
+
+/// A kubelet probe: User-Agent `kube-probe/…` or any `K-Kubelet-Probe` header.
+pub fn is_kubelet_probe(headers: &HeaderMap) -> bool {
+    headers.contains_key(K_KUBELET_PROBE)
+        || headers
+            .get(header::USER_AGENT)
+            .is_some_and(|ua| ua.as_bytes().starts_with(KUBE_PROBE_UA_PREFIX.as_bytes()))
+}
+
+/// A request that carries `K-Network-Probe` with any value; kept out of request metrics.
+pub fn is_probe(headers: &HeaderMap) -> bool {
+    headers.contains_key(K_NETWORK_PROBE)
+}
+
+/// `K-Network-Probe: probe` exactly.
+pub fn is_network_probe(headers: &HeaderMap) -> bool {
+    headers
+        .get(K_NETWORK_PROBE)
+        .is_some_and(|v| v == PROBE_VALUE_PROBE)
+}
+
+/// Forwarded by the activator (`K-Proxy-Request: activator`).
+pub fn is_proxied(headers: &HeaderMap) -> bool {
+    headers
+        .get(K_PROXY_REQUEST)
+        .is_some_and(|v| v == PROXY_VALUE_ACTIVATOR)
+}
+
+/// The queue-proxy's inbound rewrite before the app: restores `Host` from `K-Original-Host`,
+/// removes the revision headers, and synthesises `Forwarded` from `X-Forwarded-*`.
+pub fn rewrite_for_app<B>(mut req: http::Request<B>) -> http::Request<B> {
+    let headers = req.headers_mut();
+    if let Some(host) = headers.remove(K_ORIGINAL_HOST) {
+        headers.insert(header::HOST, host.clone());
+        // An HTTP/2 request carries its host in the URI's authority, not in `Host`.
+        if req.version() == http::Version::HTTP_2 {
+            if let Ok(authority) = http::uri::Authority::try_from(host.as_bytes()) {
+                let mut parts = req.uri().clone().into_parts();
+                parts.authority = Some(authority);
+                parts.scheme.get_or_insert(http::uri::Scheme::HTTP);
+                if let Ok(uri) = http::Uri::from_parts(parts) {
+                    *req.uri_mut() = uri;
+                }
+            }
+        }
+    }
+    let headers = req.headers_mut();
+    headers.remove(KNATIVE_SERVING_REVISION);
+    headers.remove(KNATIVE_SERVING_NAMESPACE);
+    forwarded_shim(headers);
+    req
+}
+
+/// Synthesises `Forwarded` from `X-Forwarded-For`, `-Host` and `-Proto` when it is absent.
+///
+/// The first node carries host and proto; later nodes only `for`. A node with a `:` (IPv6) is
+/// quoted and bracketed, as RFC 7239 asks.
+pub fn forwarded_shim(headers: &mut HeaderMap) {
+    const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
+    const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    if headers.contains_key(header::FORWARDED) {
+        return;
+    }
+    let xff: Vec<&str> = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .collect();
+    let xfh = headers.get(XFH).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let xfp = headers.get(XFP).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if xff.is_empty() && xfh.is_empty() && xfp.is_empty() {
+        return;
+    }
+    let mut out = String::new();
+    let node = |out: &mut String, n: &str| {
+        out.push_str("for=");
+        if n.contains(':') {
+            out.push_str("\"[");
+            out.push_str(n);
+            out.push_str("]\"");
+        } else {
+            out.push_str(n);
+        }
+    };
+    let mut nodes = xff.iter();
+    if let Some(first) = nodes.next() {
+        node(&mut out, first);
+    }
+    for (key, value) in [("host", xfh), ("proto", xfp)] {
+        if !value.is_empty() {
+            if !out.is_empty() {
+                out.push(';');
+            }
+            out.push_str(key);
+            out.push('=');
+            out.push_str(value);
+        }
+    }
+    for n in nodes {
+        out.push_str(", ");
+        node(&mut out, n);
+    }
+    if let Ok(v) = HeaderValue::try_from(out) {
+        headers.insert(header::FORWARDED, v);
+    }
+}
+
+/// `X-Forwarded-For`.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// Appends `peer` to `X-Forwarded-For`, joining earlier values into one header as Go does.
+pub fn append_forwarded_for(headers: &mut HeaderMap, peer: std::net::IpAddr) {
+    use std::fmt::Write;
+    let mut prior = headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .peekable();
+    let value = if prior.peek().is_none() {
+        HeaderValue::try_from(peer.to_string())
+    } else {
+        let mut s = String::with_capacity(64);
+        for (i, p) in prior.enumerate() {
+            if i > 0 {
+                s.push_str(", ");
+            }
+            s.push_str(p);
+        }
+        let _ = write!(s, ", {peer}");
+        HeaderValue::try_from(s)
+    };
+    if let Ok(v) = value {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+}
+
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// `Proxy-Connection`, sent by some old clients.
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Removes hop-by-hop headers, including those named in `Connection`. `TE: trailers` survives so
+/// gRPC works end to end; the caller restores `Upgrade` itself for an upgrade it forwards.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Fast path: the common request names none.
+    if !HOP_BY_HOP.iter().any(|h| headers.contains_key(h))
+        && !headers.contains_key(PROXY_CONNECTION)
+    {
+        return;
+    }
+    let te_trailers = headers.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for h in &HOP_BY_HOP {
+        headers.remove(h);
+    }
+    headers.remove(PROXY_CONNECTION);
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// The protocol a request asks to switch to, if it is an HTTP/1.1 upgrade (`Connection: upgrade`).
+pub fn upgrade_protocol(headers: &HeaderMap) -> Option<&HeaderValue> {
+    let asks = headers.get_all(header::CONNECTION).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        })
+    });
+    if asks {
+        headers.get(header::UPGRADE)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        m
+    }
+
+    #[test]
+    fn forwarded_is_synthesised_like_upstream() {
+        let mut h = map(&[
+            ("x-forwarded-for", "127.0.0.1, ::1"),
+            ("x-forwarded-host", "h"),
+            ("x-forwarded-proto", "p"),
+        ]);
+        forwarded_shim(&mut h);
+        assert_eq!(
+            h[header::FORWARDED],
+            r#"for=127.0.0.1;host=h;proto=p, for="[::1]""#
+        );
+    }
+
+    #[test]
+    fn forwarded_is_left_alone_when_present_or_without_inputs() {
+        let mut h = map(&[("forwarded", "for=a"), ("x-forwarded-for", "b")]);
+        forwarded_shim(&mut h);
+        assert_eq!(h[header::FORWARDED], "for=a");
+        let mut h = HeaderMap::new();
+        forwarded_shim(&mut h);
+        assert!(h.is_empty());
+        let mut h = map(&[("x-forwarded-proto", "https")]);
+        forwarded_shim(&mut h);
+        assert_eq!(h[header::FORWARDED], "proto=https");
+    }
+
+    #[test]
+    fn probe_classification() {
+        assert!(is_health_check(&map(&[("user-agent", "kube-probe/1.30")])));
+        assert!(is_health_check(&map(&[(
+            "user-agent",
+            "Knative-Activator-Probe"
+        )])));
+        assert!(is_health_check(&map(&[(
+            "user-agent",
+            "Knative-Autoscaling-Probe/x"
+        )])));
+        assert!(!is_health_check(&map(&[
+            ("user-agent", "curl/8"),
+            ("k-network-probe", "queue")
+        ])));
+        assert!(is_kubelet_probe(&map(&[("k-kubelet-probe", "x")])));
+        assert!(!is_kubelet_probe(&map(&[(
+            "user-agent",
+            "Knative-Activator-Probe"
+        )])));
+        assert!(is_network_probe(&map(&[("k-network-probe", "probe")])));
+        assert!(!is_network_probe(&map(&[("k-network-probe", "queue")])));
+        assert!(is_proxied(&map(&[("k-proxy-request", "activator")])));
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_and_te_trailers_stays() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers, deflate"),
+            ("upgrade", "h2c"),
+            ("x-kept", "1"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h[header::TE], "trailers");
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn xff_gets_the_peer_appended() {
+        let mut h = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+        ]);
+        append_forwarded_for(&mut h, "127.0.0.1".parse().unwrap());
+        assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 127.0.0.1");
+        let mut h = HeaderMap::new();
+        append_forwarded_for(&mut h, "::1".parse().unwrap());
+        assert_eq!(h[X_FORWARDED_FOR], "::1");
+    }
+
+    #[test]
+    fn rewrite_restores_host_and_drops_revision_headers() {
+        let req = http::Request::builder()
+            .header("k-original-host", "app.example.com")
+            .header("host", "10.0.0.1:8012")
+            .header("knative-serving-revision", "r")
+            .header("knative-serving-namespace", "n")
+            .body(())
+            .unwrap();
+        let req = rewrite_for_app(req);
+        assert_eq!(req.headers()[header::HOST], "app.example.com");
+        assert_eq!(req.headers().len(), 1);
+    }
+}

@@ -1,0 +1,210 @@
+//! Forwards a request to the upstream through the [`Client`], mirroring its protocol.
+//!
+//! Hop-by-hop headers are removed both ways, the peer is appended to `X-Forwarded-For`, bodies
+//! stream in both directions at once, trailers pass through, and an HTTP/1.1 upgrade
+//! (websocket) is forwarded: the upstream's `101` goes back with a [`Tunnel`] that the
+//! [edge](crate::edge) splices once both sides have switched. `Upgrade: h2c` is declined: the
+//! request is served as HTTP/1.1 (clients that want h2c use prior knowledge, as upstream's do).
+
+use std::{future::Future, net::IpAddr, pin::Pin, task::Context, task::Poll};
+
+use http::{HeaderValue, Request, Response, StatusCode, Version, header, uri};
+use hyper::{body::Incoming, upgrade::OnUpgrade};
+use tower::Service;
+
+use crate::{
+    BoxError,
+    body::Body,
+    client::{Client, Protocol},
+    error::Upstream,
+    headers,
+};
+
+/// Both halves of an upgraded connection, handed to the edge in the `101` response's extensions.
+#[derive(Clone, Debug)]
+pub struct Tunnel {
+    /// The client's side, ready once our `101` has been written.
+    pub downstream: OnUpgrade,
+    /// The upstream's side.
+    pub upstream: OnUpgrade,
+}
+
+/// A request rewritten for the upstream.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The request as it will be sent.
+    pub request: Request<Incoming>,
+    /// The protocol to send it with.
+    pub protocol: Protocol,
+    /// The client's side of a requested upgrade.
+    pub upgrade: Option<OnUpgrade>,
+}
+
+/// Rewrites an inbound request for the upstream at `upstream_authority`: protocol, URI form,
+/// hop-by-hop headers, `X-Forwarded-For` (when the peer is known) and upgrades.
+pub fn prepare(
+    mut req: Request<Incoming>,
+    peer: Option<IpAddr>,
+    upstream_authority: &str,
+) -> Prepared {
+    let protocol = if req.version() == Version::HTTP_2 {
+        Protocol::H2c
+    } else {
+        Protocol::Http1
+    };
+    let upgrade = match protocol {
+        Protocol::Http1 => headers::upgrade_protocol(req.headers())
+            .filter(|p| !p.as_bytes().eq_ignore_ascii_case(b"h2c"))
+            .cloned(),
+        Protocol::H2c => None,
+    };
+    let h = req.headers_mut();
+    headers::strip_hop_by_hop(h);
+    h.remove("http2-settings");
+    if let Some(peer) = peer {
+        headers::append_forwarded_for(h, peer);
+    }
+    let upgrade = upgrade.map(|proto| {
+        let h = req.headers_mut();
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, proto);
+        hyper::upgrade::on(&mut req)
+    });
+    match protocol {
+        Protocol::Http1 => {
+            *req.version_mut() = Version::HTTP_11;
+            if req.uri().authority().is_some() || req.uri().scheme().is_some() {
+                if !req.headers().contains_key(header::HOST) {
+                    if let Some(a) = req
+                        .uri()
+                        .authority()
+                        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                    {
+                        req.headers_mut().insert(header::HOST, a);
+                    }
+                }
+                let pq = req
+                    .uri()
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| uri::PathAndQuery::from_static("/"));
+                *req.uri_mut() = uri::Uri::from(pq);
+            }
+        }
+        Protocol::H2c => {
+            let authority = req
+                .uri()
+                .authority()
+                .cloned()
+                .or_else(|| {
+                    req.headers()
+                        .get(header::HOST)
+                        .and_then(|h| uri::Authority::try_from(h.as_bytes()).ok())
+                })
+                .or_else(|| uri::Authority::try_from(upstream_authority).ok());
+            req.headers_mut().remove(header::HOST);
+            let mut parts = std::mem::take(req.uri_mut()).into_parts();
+            parts.scheme = Some(uri::Scheme::HTTP);
+            parts.authority = authority;
+            if parts.path_and_query.is_none() {
+                parts.path_and_query = Some(uri::PathAndQuery::from_static("/"));
+            }
+            if let Ok(u) = uri::Uri::from_parts(parts) {
+                *req.uri_mut() = u;
+            }
+        }
+    }
+    Prepared {
+        request: req,
+        protocol,
+        upgrade,
+    }
+}
+
+/// Sends a prepared request and shapes the upstream's response for the client.
+pub async fn forward(client: &Client, prepared: Prepared) -> Result<Response<Body>, Upstream> {
+    let Prepared {
+        request,
+        protocol,
+        upgrade,
+    } = prepared;
+    let conn = client.checkout(protocol).await?;
+    let mut exchange = conn.send(request, client).await?;
+    let res = &mut exchange.response;
+    if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(downstream) = upgrade else {
+            return Err(Upstream::other(
+                "upstream switched protocols without being asked",
+            ));
+        };
+        let proto = res.headers().get(header::UPGRADE).cloned();
+        headers::strip_hop_by_hop(res.headers_mut());
+        if let Some(proto) = proto {
+            res.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            res.headers_mut().insert(header::UPGRADE, proto);
+        }
+        let upstream = hyper::upgrade::on(&mut *res);
+        res.extensions_mut().insert(Tunnel {
+            downstream,
+            upstream,
+        });
+        // The connection now belongs to the tunnel.
+        exchange.checkin = None;
+    } else {
+        headers::strip_hop_by_hop(res.headers_mut());
+    }
+    Ok(exchange.into_response())
+}
+
+// === Proxy ===
+
+/// A [`Service`] that forwards every request to one upstream. Always ready.
+#[derive(Clone, Debug)]
+pub struct Proxy {
+    client: Client,
+    authority: std::sync::Arc<str>,
+    peer: Option<IpAddr>,
+}
+
+impl Proxy {
+    /// Forwards through `client`.
+    pub fn new(client: Client) -> Self {
+        let authority = client.addr().to_string().into();
+        Self {
+            client,
+            authority,
+            peer: None,
+        }
+    }
+
+    /// The same proxy for a connection from `peer`, which it appends to `X-Forwarded-For`.
+    pub fn with_peer(&self, peer: IpAddr) -> Self {
+        Self {
+            client: self.client.clone(),
+            authority: self.authority.clone(),
+            peer: Some(peer),
+        }
+    }
+
+    /// The client it forwards through.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl Service<Request<Incoming>> for Proxy {
+    type Response = Response<Body>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let prepared = prepare(req, self.peer, &self.authority);
+        let client = self.client.clone();
+        Box::pin(async move { forward(&client, prepared).await.map_err(Into::into) })
+    }
+}

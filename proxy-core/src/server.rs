@@ -1,0 +1,222 @@
+//! Serves HTTP/1.1 and h2c (prior knowledge) on one port, with TLS optional, and drains gracefully.
+
+use std::{convert::Infallible, io, net::SocketAddr, sync::Arc, time::Duration};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+    service::TowerToHyperService,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tower::Service;
+
+use crate::{BoxError, drain::Drain, runtime};
+
+/// Server limits. The defaults are upstream's (Go's `net/http` and `x/net/http2`).
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// How long a client may take to send its request head (default 60 s); also bounds TLS
+    /// handshakes.
+    pub header_read_timeout: Duration,
+    /// Concurrent streams per HTTP/2 connection (default 250).
+    pub max_concurrent_streams: u32,
+    /// Largest request head, in bytes (default 1 MiB).
+    pub max_header_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(60),
+            max_concurrent_streams: 250,
+            max_header_bytes: 1 << 20,
+        }
+    }
+}
+
+/// What a service learns about the connection it serves.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnInfo {
+    /// The peer.
+    pub remote: SocketAddr,
+    /// Our side.
+    pub local: SocketAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+}
+
+/// Binds `addr` with `SO_REUSEADDR` and a listen backlog of `net.core.somaxconn` (Go's choice;
+/// a backlog of 128 drops connections in a burst).
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(runtime::somaxconn())?;
+    TcpListener::from_std(socket.into())
+}
+
+/// A server for one listener. Build it, then [`serve`](Self::serve).
+#[derive(Clone)]
+pub struct Server {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    tls: Option<TlsAcceptor>,
+    handshake_timeout: Duration,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// A plaintext server (HTTP/1.1 and h2c) with `config`'s limits.
+    pub fn new(config: &ServerConfig) -> Self {
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(config.header_read_timeout)
+            .max_buf_size(config.max_header_bytes.max(8192));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(config.max_concurrent_streams)
+            .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
+        Self {
+            builder: Arc::new(builder),
+            tls: None,
+            handshake_timeout: config.header_read_timeout,
+        }
+    }
+
+    /// Serves TLS (ALPN `h2` and `http/1.1`) through `acceptor` instead of plaintext.
+    pub fn with_tls(mut self, acceptor: TlsAcceptor) -> Self {
+        self.tls = Some(acceptor);
+        self
+    }
+
+    /// Accepts connections until `drain` starts, then finishes each connection gracefully:
+    /// HTTP/1.1 connections close after their current exchange, HTTP/2 ones get a GOAWAY and
+    /// keep their open streams. Every connection holds a drain token until it closes.
+    ///
+    /// `make` builds the service for each connection; it should be cheap (clones of shared
+    /// state). The service must be always ready: hyper has no backpressure hook.
+    pub async fn serve<M, S, B>(self, listener: TcpListener, make: M, drain: Drain)
+    where
+        M: Fn(ConnInfo) -> S,
+        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let local = listener.local_addr().ok();
+        loop {
+            let (stream, remote) = tokio::select! {
+                biased;
+                () = drain.signaled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        if is_connection_error(&e) {
+                            continue;
+                        }
+                        // Out of file descriptors or similar: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let info = ConnInfo {
+                remote,
+                local: local.unwrap_or(remote),
+                tls: self.tls.is_some(),
+            };
+            let service = make(info);
+            let token = drain.track();
+            let this = self.clone();
+            let drain = drain.clone();
+            tokio::spawn(async move {
+                this.serve_connection(stream, service, drain).await;
+                drop(token);
+            });
+        }
+    }
+
+    async fn serve_connection<S, B>(&self, stream: TcpStream, service: S, drain: Drain)
+    where
+        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        match &self.tls {
+            None => self.drive(TokioIo::new(stream), service, drain).await,
+            Some(acceptor) => {
+                match tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => self.drive(TokioIo::new(tls), service, drain).await,
+                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                }
+            }
+        }
+    }
+
+    async fn drive<I, S, B>(&self, io: I, service: S, drain: Drain)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(io, TowerToHyperService::new(service));
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            res = conn.as_mut() => res,
+            () = drain.signaled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        if let Err(e) = result {
+            // Clients hang up all the time; that is not an error of ours (upstream #14818).
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    }
+}
+
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}

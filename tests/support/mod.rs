@@ -1,0 +1,1 @@
+//! Helpers shared by the integration tests: spawning binaries, fake apps, clients.
