@@ -220,3 +220,27 @@ fn is_connection_error(e: &io::Error) -> bool {
             | io::ErrorKind::ConnectionReset
     )
 }
+
+/// Binds `port` on every address: IPv6 and IPv4 together where the host has IPv6, else IPv4, as
+/// Go's `:port` does.
+pub fn bind_any(port: u16) -> io::Result<TcpListener> {
+    let v6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
+    let dual = (|| {
+        let socket = socket2::Socket::new(
+            socket2::Domain::IPV6,
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.set_only_v6(false)?;
+        socket.set_reuse_address(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&v6.into())?;
+        socket.listen(runtime::somaxconn())?;
+        TcpListener::from_std(socket.into())
+    })();
+    match dual {
+        Ok(l) => Ok(l),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(e),
+        Err(_) => bind(SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port))),
+    }
+}

@@ -1,1 +1,52 @@
-fn main() {}
+//! Drop-in replacement for Knative Serving's queue-proxy sidecar.
+
+mod app;
+mod config;
+mod health;
+mod logging;
+mod readiness;
+mod tls;
+
+use std::process::ExitCode;
+
+use proxy_core::runtime;
+
+use crate::config::{Config, Env};
+
+fn main() -> ExitCode {
+    let config = match Config::from_env(&Env) {
+        Ok(c) => c,
+        Err(e) => {
+            for problem in &e.0 {
+                eprintln!("queue-proxy: {problem}");
+            }
+            return ExitCode::from(1);
+        }
+    };
+    logging::init(
+        logging::level(&config.logging_level, &config.logging_config),
+        format!("{}/{}", config.namespace, config.revision),
+        config.pod.clone(),
+    );
+    let nofile = runtime::raise_nofile_limit()
+        .map_err(|e| tracing::warn!(error = %e, "could not raise the open-files limit"))
+        .ok();
+    let workers = config
+        .worker_threads
+        .unwrap_or_else(runtime::worker_threads);
+    let rt = match runtime::build(workers) {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "could not start the runtime");
+            return ExitCode::from(1);
+        }
+    };
+    tracing::info!(workers, nofile, "starting queue-proxy");
+    match rt.block_on(app::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "queue-proxy failed");
+            ExitCode::from(1)
+        }
+    }
+}
