@@ -52,14 +52,20 @@ pin_project! {
 impl Body {
     pub(crate) fn upstream(inner: Incoming, mut checkin: Option<Checkin>) -> Self {
         // A response that carries no body frees its connection at once.
-        if http_body::Body::is_end_stream(&inner) {
-            if let Some(c) = checkin.take() {
-                c.release();
-            }
+        if http_body::Body::is_end_stream(&inner)
+            && let Some(c) = checkin.take()
+        {
+            c.release();
         }
         Self {
             kind: Kind::Upstream { inner, checkin },
         }
+    }
+}
+
+fn release(checkin: &mut Option<Checkin>) {
+    if let Some(c) = checkin.take() {
+        c.release();
     }
 }
 
@@ -95,14 +101,13 @@ impl http_body::Body for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project().kind.project() {
             KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            KindProj::Upstream { inner, checkin } => {
-                let polled = inner.poll_frame(cx);
+            KindProj::Upstream { mut inner, checkin } => {
+                let polled = inner.as_mut().poll_frame(cx);
                 match &polled {
-                    Poll::Ready(None) => {
-                        if let Some(c) = checkin.take() {
-                            c.release();
-                        }
-                    }
+                    // hyper stops polling a body once it reports its end, so the last frame, not
+                    // a later `None`, is where the connection is freed.
+                    Poll::Ready(None) => release(checkin),
+                    Poll::Ready(Some(Ok(_))) if inner.is_end_stream() => release(checkin),
                     // A broken stream must never be reused.
                     Poll::Ready(Some(Err(_))) => drop(checkin.take()),
                     _ => {}

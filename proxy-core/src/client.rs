@@ -5,7 +5,11 @@
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Duration,
 };
 
 use http::{Request, Response};
@@ -14,7 +18,7 @@ use hyper::{
     client::conn::{http1, http2},
 };
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
+use tokio::{net::TcpStream, sync::Notify, time::Instant};
 
 use crate::{body::Body, error::Upstream};
 
@@ -28,12 +32,30 @@ pub enum Protocol {
 }
 
 /// Client settings.
+///
+/// ## HTTP/1.1 connection strategy
+///
+/// Each HTTP/1.1 connection costs ~35 KiB in hyper (buffers, a dispatch channel, a task), and a
+/// request occupies one for its whole exchange. When a burst keeps more requests in flight than
+/// the application can work on, opening a connection per request only moves the queue into the
+/// application's sockets and multiplies memory. So beyond `soft_max_connections` a request first
+/// waits for a connection to come back, for as long as connections keep coming back: if none was
+/// returned for `stall_wait`, the pool is held by slow exchanges (long polls, streams) rather than
+/// a busy application, and the request dials a new connection after all. No request is ever
+/// limited to the soft maximum, and none waits longer than `stall_wait` past the last sign of
+/// progress.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
     /// Idle HTTP/1.1 connections kept per upstream (upstream keeps `cc`, or 1000 when cc is 0).
     pub max_idle: usize,
     /// Largest response head accepted, in bytes (default 1 MiB, as the server side).
     pub max_header_bytes: usize,
+    /// HTTP/1.1 connections opened without first waiting for a free one (default 128; 0 turns
+    /// the waiting off). See the type docs.
+    pub soft_max_connections: usize,
+    /// How long without any connection coming back before a waiting request dials anyway
+    /// (default 10 ms).
+    pub stall_wait: Duration,
 }
 
 impl Default for ClientConfig {
@@ -41,6 +63,8 @@ impl Default for ClientConfig {
         Self {
             max_idle: 1000,
             max_header_bytes: 1 << 20,
+            soft_max_connections: 128,
+            stall_wait: Duration::from_millis(10),
         }
     }
 }
@@ -57,6 +81,18 @@ struct Inner {
     idle: Mutex<Vec<http1::SendRequest<Incoming>>>,
     h2: Mutex<Option<http2::SendRequest<Incoming>>>,
     h2_connect: tokio::sync::Mutex<()>,
+    /// HTTP/1.1 connections open, idle or busy.
+    open: AtomicUsize,
+    returned: Notify,
+    epoch: Instant,
+    /// When a connection last came back, in µs since `epoch`.
+    last_return_us: AtomicU64,
+}
+
+impl Inner {
+    fn now_us(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
 }
 
 impl std::fmt::Debug for Inner {
@@ -78,6 +114,10 @@ impl Client {
                 idle: Mutex::new(Vec::new()),
                 h2: Mutex::new(None),
                 h2_connect: tokio::sync::Mutex::new(()),
+                open: AtomicUsize::new(0),
+                returned: Notify::new(),
+                epoch: Instant::now(),
+                last_return_us: AtomicU64::new(0),
             }),
         }
     }
@@ -92,27 +132,86 @@ impl Client {
         lock(&self.inner.idle).len()
     }
 
+    /// HTTP/1.1 connections open, idle or busy.
+    pub fn open_connections(&self) -> usize {
+        self.inner.open.load(Ordering::Relaxed)
+    }
+
     /// A connection ready to carry one request. Fails only before anything was sent.
     pub async fn checkout(&self, protocol: Protocol) -> Result<Connection, Upstream> {
+        // The pooled case needs no await; the rest is boxed so that the future every request
+        // carries (and moves) stays small.
+        if protocol == Protocol::Http1
+            && let Some(sender) = self.pooled_http1()
+        {
+            return Ok(Connection(Conn::Http1 {
+                sender,
+                pool: self.inner.clone(),
+                reused: true,
+            }));
+        }
+        Box::pin(self.checkout_slow(protocol)).await
+    }
+
+    async fn checkout_slow(&self, protocol: Protocol) -> Result<Connection, Upstream> {
         match protocol {
             Protocol::Http1 => {
-                if let Some(sender) = self.pooled_http1() {
-                    return Ok(Connection(Conn::Http1 {
-                        sender,
-                        pool: self.inner.clone(),
-                        reused: true,
-                    }));
-                }
-                let sender = self.connect_http1().await?;
+                let (sender, reused) = self.http1().await?;
                 Ok(Connection(Conn::Http1 {
                     sender,
                     pool: self.inner.clone(),
-                    reused: false,
+                    reused,
                 }))
             }
             Protocol::H2c => Ok(Connection(Conn::H2c {
                 sender: self.h2c().await?,
             })),
+        }
+    }
+
+    /// An idle connection, a new one, or (past the soft maximum) the next one to come back.
+    async fn http1(&self) -> Result<(http1::SendRequest<Incoming>, bool), Upstream> {
+        let inner = &*self.inner;
+        let soft_max = inner.config.soft_max_connections;
+        loop {
+            if let Some(sender) = self.pooled_http1() {
+                return Ok((sender, true));
+            }
+            // Reserve the place before dialling, so a burst cannot overshoot while connects run.
+            let below_max = soft_max == 0
+                || inner
+                    .open
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                        (open < soft_max).then_some(open + 1)
+                    })
+                    .is_ok();
+            if below_max {
+                if soft_max == 0 {
+                    inner.open.fetch_add(1, Ordering::AcqRel);
+                }
+                return Ok((
+                    self.connect_http1(OpenSlot(self.inner.clone())).await?,
+                    false,
+                ));
+            }
+            let returned = inner.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            // A connection may have come back between the first look and registering.
+            if let Some(sender) = self.pooled_http1() {
+                return Ok((sender, true));
+            }
+            if tokio::time::timeout(inner.config.stall_wait, returned)
+                .await
+                .is_err()
+            {
+                let since = inner
+                    .now_us()
+                    .saturating_sub(inner.last_return_us.load(Ordering::Relaxed));
+                if u128::from(since) >= inner.config.stall_wait.as_micros() {
+                    return Ok((self.connect_http1(self.reserve()).await?, false));
+                }
+            }
         }
     }
 
@@ -135,7 +234,16 @@ impl Client {
         Ok(stream)
     }
 
-    async fn connect_http1(&self) -> Result<http1::SendRequest<Incoming>, Upstream> {
+    /// Counts a connection about to be dialled, whatever the soft maximum.
+    fn reserve(&self) -> OpenSlot {
+        self.inner.open.fetch_add(1, Ordering::AcqRel);
+        OpenSlot(self.inner.clone())
+    }
+
+    async fn connect_http1(
+        &self,
+        slot: OpenSlot,
+    ) -> Result<http1::SendRequest<Incoming>, Upstream> {
         let stream = self.connect().await?;
         let (sender, conn) = http1::Builder::new()
             .max_buf_size(self.inner.config.max_header_bytes.max(8192))
@@ -145,6 +253,7 @@ impl Client {
         tokio::spawn(async move {
             // Errors surface on the request that was in flight; nothing to add here.
             let _ = conn.with_upgrades().await;
+            drop(slot);
         });
         Ok(sender)
     }
@@ -179,6 +288,17 @@ impl Client {
             .as_ref()
             .filter(|s| !s.is_closed())
             .cloned()
+    }
+}
+
+/// One open (or opening) HTTP/1.1 connection, counted against the soft maximum until dropped.
+struct OpenSlot(Arc<Inner>);
+
+impl Drop for OpenSlot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        // A waiter may now dial below the soft maximum.
+        self.0.returned.notify_one();
     }
 }
 
@@ -217,9 +337,13 @@ impl Connection {
                     Ok(res) => res,
                     Err(mut err) => match err.take_message() {
                         Some(req) if reused => {
-                            let mut fresh = client.connect_http1().await?;
-                            let res = fresh.send_request(req).await.map_err(Upstream::exchange)?;
-                            return Ok(with_checkin(res, fresh, pool));
+                            return Box::pin(async move {
+                                let mut fresh = client.connect_http1(client.reserve()).await?;
+                                let res =
+                                    fresh.send_request(req).await.map_err(Upstream::exchange)?;
+                                Ok(with_checkin(res, fresh, pool))
+                            })
+                            .await;
                         }
                         _ => return Err(Upstream::exchange(err.into_error())),
                     },
@@ -300,8 +424,13 @@ impl Checkin {
 }
 
 fn put(pool: &Inner, sender: http1::SendRequest<Incoming>) {
-    let mut idle = lock(&pool.idle);
-    if idle.len() < pool.config.max_idle {
+    {
+        let mut idle = lock(&pool.idle);
+        if idle.len() >= pool.config.max_idle {
+            return;
+        }
         idle.push(sender);
     }
+    pool.last_return_us.store(pool.now_us(), Ordering::Relaxed);
+    pool.returned.notify_one();
 }

@@ -165,7 +165,7 @@ mod tests {
 
     #[test]
     fn causes_are_found_through_sources() {
-        let inner: BoxError = Box::new(QueueFull::default());
+        let inner: BoxError = Box::<QueueFull>::default();
         let outer = Upstream {
             message: "x".into(),
             before_send: false,

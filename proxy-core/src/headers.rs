@@ -35,9 +35,24 @@ pub const ACTIVATOR_UA: &str = "Knative-Activator-Probe";
 /// User-Agent of the autoscaler's probes.
 pub const AUTOSCALING_UA: &str = "Knative-Autoscaling-Probe";
 
+/// Looks `name` up. A request carries a handful of headers, and comparing names is cheaper than
+/// hashing them, so small maps are scanned; `HeaderMap` hashing serves the large ones.
+pub fn find<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
+    if headers.keys_len() <= 16 {
+        headers.iter().find_map(|(k, v)| (k == name).then_some(v))
+    } else {
+        headers.get(name)
+    }
+}
+
+/// Whether `name` is present; see [`find`].
+pub fn has(headers: &HeaderMap, name: &HeaderName) -> bool {
+    find(headers, name).is_some()
+}
+
 /// A health check by User-Agent alone: the kubelet, the activator or the autoscaler, on any path.
 pub fn is_health_check(headers: &HeaderMap) -> bool {
-    headers.get(header::USER_AGENT).is_some_and(|ua| {
+    find(headers, &header::USER_AGENT).is_some_and(|ua| {
         let ua = ua.as_bytes();
         ua.starts_with(KUBE_PROBE_UA_PREFIX.as_bytes())
             || ua.starts_with(ACTIVATOR_UA.as_bytes())
@@ -47,46 +62,53 @@ pub fn is_health_check(headers: &HeaderMap) -> bool {
 
 /// A kubelet probe: User-Agent `kube-probe/…` or any `K-Kubelet-Probe` header.
 pub fn is_kubelet_probe(headers: &HeaderMap) -> bool {
-    headers.contains_key(K_KUBELET_PROBE)
-        || headers
-            .get(header::USER_AGENT)
+    has(headers, &K_KUBELET_PROBE)
+        || find(headers, &header::USER_AGENT)
             .is_some_and(|ua| ua.as_bytes().starts_with(KUBE_PROBE_UA_PREFIX.as_bytes()))
 }
 
 /// A request that carries `K-Network-Probe` with any value; kept out of request metrics.
 pub fn is_probe(headers: &HeaderMap) -> bool {
-    headers.contains_key(K_NETWORK_PROBE)
+    has(headers, &K_NETWORK_PROBE)
 }
 
 /// `K-Network-Probe: probe` exactly.
 pub fn is_network_probe(headers: &HeaderMap) -> bool {
-    headers
-        .get(K_NETWORK_PROBE)
-        .is_some_and(|v| v == PROBE_VALUE_PROBE)
+    find(headers, &K_NETWORK_PROBE).is_some_and(|v| v == PROBE_VALUE_PROBE)
 }
 
 /// Forwarded by the activator (`K-Proxy-Request: activator`).
 pub fn is_proxied(headers: &HeaderMap) -> bool {
-    headers
-        .get(K_PROXY_REQUEST)
-        .is_some_and(|v| v == PROXY_VALUE_ACTIVATOR)
+    find(headers, &K_PROXY_REQUEST).is_some_and(|v| v == PROXY_VALUE_ACTIVATOR)
 }
 
 /// The queue-proxy's inbound rewrite before the app: restores `Host` from `K-Original-Host`,
 /// removes the revision headers, and synthesises `Forwarded` from `X-Forwarded-*`.
 pub fn rewrite_for_app<B>(mut req: http::Request<B>) -> http::Request<B> {
+    const ANY: [HeaderName; 6] = [
+        K_ORIGINAL_HOST,
+        KNATIVE_SERVING_REVISION,
+        KNATIVE_SERVING_NAMESPACE,
+        X_FORWARDED_FOR,
+        HeaderName::from_static("x-forwarded-host"),
+        HeaderName::from_static("x-forwarded-proto"),
+    ];
+    // Most requests carry none of these; one scan of the names settles it.
+    if !req.headers().keys().any(|k| ANY.contains(k)) {
+        return req;
+    }
     let headers = req.headers_mut();
     if let Some(host) = headers.remove(K_ORIGINAL_HOST) {
         headers.insert(header::HOST, host.clone());
         // An HTTP/2 request carries its host in the URI's authority, not in `Host`.
-        if req.version() == http::Version::HTTP_2 {
-            if let Ok(authority) = http::uri::Authority::try_from(host.as_bytes()) {
-                let mut parts = req.uri().clone().into_parts();
-                parts.authority = Some(authority);
-                parts.scheme.get_or_insert(http::uri::Scheme::HTTP);
-                if let Ok(uri) = http::Uri::from_parts(parts) {
-                    *req.uri_mut() = uri;
-                }
+        if req.version() == http::Version::HTTP_2
+            && let Ok(authority) = http::uri::Authority::try_from(host.as_bytes())
+        {
+            let mut parts = req.uri().clone().into_parts();
+            parts.authority = Some(authority);
+            parts.scheme.get_or_insert(http::uri::Scheme::HTTP);
+            if let Ok(uri) = http::Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
             }
         }
     }
@@ -158,27 +180,19 @@ pub fn forwarded_shim(headers: &mut HeaderMap) {
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// Appends `peer` to `X-Forwarded-For`, joining earlier values into one header as Go does.
-pub fn append_forwarded_for(headers: &mut HeaderMap, peer: std::net::IpAddr) {
-    use std::fmt::Write;
-    let mut prior = headers
-        .get_all(X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .peekable();
-    let value = if prior.peek().is_none() {
-        HeaderValue::try_from(peer.to_string())
-    } else {
-        let mut s = String::with_capacity(64);
-        for (i, p) in prior.enumerate() {
-            if i > 0 {
-                s.push_str(", ");
-            }
-            s.push_str(p);
-        }
-        let _ = write!(s, ", {peer}");
-        HeaderValue::try_from(s)
-    };
-    if let Ok(v) = value {
+pub fn append_forwarded_for(headers: &mut HeaderMap, peer: &HeaderValue) {
+    let mut prior = headers.get_all(X_FORWARDED_FOR).iter().peekable();
+    if prior.peek().is_none() {
+        headers.insert(X_FORWARDED_FOR, peer.clone());
+        return;
+    }
+    let mut joined = Vec::with_capacity(64);
+    for p in prior {
+        joined.extend_from_slice(p.as_bytes());
+        joined.extend_from_slice(b", ");
+    }
+    joined.extend_from_slice(peer.as_bytes());
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
         headers.insert(X_FORWARDED_FOR, v);
     }
 }
@@ -200,39 +214,66 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 /// Removes hop-by-hop headers, including those named in `Connection`. `TE: trailers` survives so
 /// gRPC works end to end; the caller restores `Upgrade` itself for an upgrade it forwards.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Fast path: the common request names none.
-    if !HOP_BY_HOP.iter().any(|h| headers.contains_key(h))
-        && !headers.contains_key(PROXY_CONNECTION)
-    {
+    // One pass over the names (no hashing) tells which of the fixed set are present; the common
+    // request has none, the common response only `Connection: keep-alive`.
+    let mut present = 0u16;
+    for k in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
+            present |= 1 << i;
+        } else if k == PROXY_CONNECTION {
+            present |= 1 << HOP_BY_HOP.len();
+        }
+    }
+    if present == 0 {
         return;
     }
-    let te_trailers = headers.get_all(header::TE).iter().any(|v| {
-        v.to_str().is_ok_and(|s| {
-            s.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        })
-    });
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::try_from(n.trim()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    let te_trailers = present & (1 << TE_INDEX) != 0
+        && headers.get_all(header::TE).iter().any(|v| {
+            v.to_str().is_ok_and(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
+        });
+    if present & 1 != 0 {
+        // Names listed in `Connection`; the usual tokens name nothing to remove beyond the fixed set.
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| {
+                !["keep-alive", "close", "upgrade"]
+                    .iter()
+                    .any(|c| t.eq_ignore_ascii_case(c))
+            })
+            .filter_map(|n| HeaderName::try_from(n).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
-    for h in &HOP_BY_HOP {
-        headers.remove(h);
+    for (i, h) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(h);
+        }
     }
-    headers.remove(PROXY_CONNECTION);
+    if present & (1 << HOP_BY_HOP.len()) != 0 {
+        headers.remove(PROXY_CONNECTION);
+    }
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
 }
 
+/// Position of `TE` in [`HOP_BY_HOP`].
+const TE_INDEX: usize = 4;
+
 /// The protocol a request asks to switch to, if it is an HTTP/1.1 upgrade (`Connection: upgrade`).
 pub fn upgrade_protocol(headers: &HeaderMap) -> Option<&HeaderValue> {
+    if !has(headers, &header::UPGRADE) {
+        return None;
+    }
     let asks = headers.get_all(header::CONNECTION).iter().any(|v| {
         v.to_str().is_ok_and(|s| {
             s.split(',')
@@ -332,10 +373,10 @@ mod tests {
             ("x-forwarded-for", "1.1.1.1"),
             ("x-forwarded-for", "2.2.2.2"),
         ]);
-        append_forwarded_for(&mut h, "127.0.0.1".parse().unwrap());
+        append_forwarded_for(&mut h, &HeaderValue::from_static("127.0.0.1"));
         assert_eq!(h[X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 127.0.0.1");
         let mut h = HeaderMap::new();
-        append_forwarded_for(&mut h, "::1".parse().unwrap());
+        append_forwarded_for(&mut h, &HeaderValue::from_static("::1"));
         assert_eq!(h[X_FORWARDED_FOR], "::1");
     }
 

@@ -41,10 +41,11 @@ pub struct Prepared {
 }
 
 /// Rewrites an inbound request for the upstream at `upstream_authority`: protocol, URI form,
-/// hop-by-hop headers, `X-Forwarded-For` (when the peer is known) and upgrades.
+/// hop-by-hop headers, `X-Forwarded-For` (when the peer, formatted by [`peer_value`], is known)
+/// and upgrades.
 pub fn prepare(
     mut req: Request<Incoming>,
-    peer: Option<IpAddr>,
+    peer: Option<&HeaderValue>,
     upstream_authority: &str,
 ) -> Prepared {
     let protocol = if req.version() == Version::HTTP_2 {
@@ -60,7 +61,10 @@ pub fn prepare(
     };
     let h = req.headers_mut();
     headers::strip_hop_by_hop(h);
-    h.remove("http2-settings");
+    const HTTP2_SETTINGS: http::HeaderName = http::HeaderName::from_static("http2-settings");
+    if headers::has(h, &HTTP2_SETTINGS) {
+        h.remove(HTTP2_SETTINGS);
+    }
     if let Some(peer) = peer {
         headers::append_forwarded_for(h, peer);
     }
@@ -74,14 +78,13 @@ pub fn prepare(
         Protocol::Http1 => {
             *req.version_mut() = Version::HTTP_11;
             if req.uri().authority().is_some() || req.uri().scheme().is_some() {
-                if !req.headers().contains_key(header::HOST) {
-                    if let Some(a) = req
+                if !req.headers().contains_key(header::HOST)
+                    && let Some(a) = req
                         .uri()
                         .authority()
                         .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-                    {
-                        req.headers_mut().insert(header::HOST, a);
-                    }
+                {
+                    req.headers_mut().insert(header::HOST, a);
                 }
                 let pq = req
                     .uri()
@@ -119,6 +122,13 @@ pub fn prepare(
         protocol,
         upgrade,
     }
+}
+
+/// The peer as it goes into `X-Forwarded-For`: an IPv4 address that reached a dual-stack socket
+/// is written as IPv4, as Go writes it.
+pub fn peer_value(peer: IpAddr) -> HeaderValue {
+    HeaderValue::try_from(peer.to_canonical().to_string())
+        .expect("an IP address is a valid header value")
 }
 
 /// Sends a prepared request and shapes the upstream's response for the client.
@@ -164,7 +174,7 @@ pub async fn forward(client: &Client, prepared: Prepared) -> Result<Response<Bod
 pub struct Proxy {
     client: Client,
     authority: std::sync::Arc<str>,
-    peer: Option<IpAddr>,
+    peer: Option<HeaderValue>,
 }
 
 impl Proxy {
@@ -183,7 +193,7 @@ impl Proxy {
         Self {
             client: self.client.clone(),
             authority: self.authority.clone(),
-            peer: Some(peer),
+            peer: Some(peer_value(peer)),
         }
     }
 
@@ -203,7 +213,7 @@ impl Service<Request<Incoming>> for Proxy {
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
-        let prepared = prepare(req, self.peer, &self.authority);
+        let prepared = prepare(req, self.peer.as_ref(), &self.authority);
         let client = self.client.clone();
         Box::pin(async move { forward(&client, prepared).await.map_err(Into::into) })
     }

@@ -43,12 +43,34 @@ pub fn cgroup_cpu_limit_at(root: &Path) -> Option<usize> {
     Some(((quota / period).floor() as usize).max(1))
 }
 
-/// Worker threads to run: the cgroup CPU limit, never more than the CPUs this process may use.
+/// Whole CPUs the cgroup's share stands for (its CPU request), rounded up; `None` when unknown.
+///
+/// Kubernetes turns a request of `m` millicores into v1 `cpu.shares = m × 1024 / 1000`, and v2
+/// `cpu.weight = 1 + (shares − 2) × 9999 / 262142`.
+pub fn cgroup_cpu_request_at(root: &Path) -> Option<usize> {
+    let shares = if let Ok(w) = fs::read_to_string(root.join("cpu.weight")) {
+        let weight = w.trim().parse::<f64>().ok()?;
+        (weight - 1.0) * 262_142.0 / 9_999.0 + 2.0
+    } else {
+        fs::read_to_string(root.join("cpu/cpu.shares"))
+            .ok()?
+            .trim()
+            .parse::<f64>()
+            .ok()?
+    };
+    Some(((shares / 1024.0).ceil() as usize).max(1))
+}
+
+/// Worker threads to run: the pod's CPU limit (as Go's maxprocs), else its CPU request, never
+/// more than the CPUs this process may use and never one per node core. A sidecar without a
+/// limit is only guaranteed its request (25m by default), and threads beyond that only contend.
 pub fn worker_threads() -> usize {
+    let root = Path::new("/sys/fs/cgroup");
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    cgroup_cpu_limit()
-        .map_or(cpus, |limit| limit.min(cpus))
-        .max(1)
+    cgroup_cpu_limit_at(root)
+        .or_else(|| cgroup_cpu_request_at(root))
+        .unwrap_or(1)
+        .clamp(1, cpus)
 }
 
 /// Raises the soft open-files limit to the hard limit and returns the new soft limit.
@@ -119,6 +141,23 @@ mod tests {
                 ("cpu/cpu.cfs_period_us", "100000\n")
             ])),
             Some(4)
+        );
+        assert_eq!(
+            cgroup_cpu_request_at(&dir(&[("cpu/cpu.shares", "1024\n")])),
+            Some(1)
+        );
+        assert_eq!(
+            cgroup_cpu_request_at(&dir(&[("cpu/cpu.shares", "25\n")])),
+            Some(1)
+        );
+        assert_eq!(
+            cgroup_cpu_request_at(&dir(&[("cpu/cpu.shares", "2048\n")])),
+            Some(2)
+        );
+        // 1500m: shares 1536, weight 59.
+        assert_eq!(
+            cgroup_cpu_request_at(&dir(&[("cpu.weight", "59\n")])),
+            Some(2)
         );
         assert_eq!(
             cgroup_cpu_limit_at(&dir(&[

@@ -33,6 +33,7 @@ use tower::{ServiceBuilder, service_fn, util::MapRequestLayer};
 
 use crate::{
     config::Config,
+    metrics::{self, Point, RequestMetricsLayer},
     health::{Drainer, HealthLayer},
     readiness::Readiness,
     tls,
@@ -58,6 +59,11 @@ pub(crate) async fn run(config: Config) -> Result<(), String> {
     let started = Instant::now();
     let stats = RequestStats::new(started);
     let breaker = Breaker::new(config.container_concurrency);
+    let prometheus = match &config.user_metrics {
+        Some(_) => Some(metrics::install().map_err(|e| format!("OBSERVABILITY_CONFIG: {e}"))?),
+        None => None,
+    };
+    let measured = prometheus.is_some();
     let max_idle = if config.container_concurrency == 0 {
         1000
     } else {
@@ -77,9 +83,15 @@ pub(crate) async fn run(config: Config) -> Result<(), String> {
     let layers = ServiceBuilder::new()
         .layer(EdgeLayer::new(drain.clone(), Texts::default()))
         .layer(HealthLayer::new(drainer.clone(), readiness))
+        .layer(RequestMetricsLayer::new(measured, Point::Server, None))
         .layer(TimeoutLayer::new(config.timeouts))
         .layer(StatsLayer::new(stats.clone()))
-        .layer(BreakerLayer::new(breaker))
+        .layer(BreakerLayer::new(breaker.clone()))
+        .layer(RequestMetricsLayer::new(
+            measured,
+            Point::Invocation,
+            (breaker.capacity() > 0).then_some(breaker),
+        ))
         .layer(MapRequestLayer::new(headers::rewrite_for_app::<Incoming>));
     let make = move |info: ConnInfo| layers.service(proxy.with_peer(info.remote.ip()));
 
@@ -116,6 +128,22 @@ pub(crate) async fn run(config: Config) -> Result<(), String> {
         move |_| metrics_service(stat.clone()),
         drain.clone(),
     ));
+
+    if let (Some(handle), Some((host, port))) = (prometheus, &config.user_metrics) {
+        let listener = if host.is_empty() {
+            bind(*port, "METRICS_PROMETHEUS_PORT")?
+        } else {
+            let addr: SocketAddr = format!("{host}:{port}")
+                .parse()
+                .map_err(|e| format!("METRICS_PROMETHEUS_HOST: {e}"))?;
+            server::bind(addr).map_err(|e| format!("METRICS_PROMETHEUS_PORT: {e}"))?
+        };
+        tasks.spawn(Server::new(&server_config).serve(
+            listener,
+            move |_| prometheus_service(handle.clone()),
+            drain.clone(),
+        ));
+    }
 
     let (terminating_tx, terminating) = watch::channel(false);
     tasks.spawn(Server::new(&server_config).serve(
@@ -218,6 +246,29 @@ fn metrics_service(
             res.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/protobuf"),
+            );
+            res
+        } else {
+            plain(StatusCode::NOT_FOUND, "404 page not found\n")
+        };
+        std::future::ready(Ok(res))
+    })
+}
+
+fn prometheus_service(
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+) -> impl tower::Service<
+    Request<Incoming>,
+    Response = Plain,
+    Error = Infallible,
+    Future = std::future::Ready<Result<Plain, Infallible>>,
+> + Clone {
+    service_fn(move |req: Request<Incoming>| {
+        let res = if req.uri().path() == "/metrics" {
+            let mut res = Response::new(Full::new(Bytes::from(handle.render())));
+            res.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
             );
             res
         } else {

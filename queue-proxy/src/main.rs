@@ -4,6 +4,7 @@ mod app;
 mod config;
 mod health;
 mod logging;
+mod metrics;
 mod readiness;
 mod tls;
 
