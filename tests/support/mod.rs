@@ -1,1 +1,425 @@
-//! Helpers shared by the integration tests: spawning binaries, fake apps, clients.
+//! Helpers shared by the integration tests: the real binaries, fake apps, and clients.
+
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    future::Future,
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::PathBuf,
+    pin::Pin,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex, Once},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use tokio::net::TcpListener;
+
+/// A response body any handler can return.
+pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A complete body.
+pub fn full(data: impl Into<Bytes>) -> Body {
+    Full::new(data.into()).map_err(|e| match e {}).boxed()
+}
+
+/// The workspace's `target/<profile>` folder.
+fn target_dir() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| manifest.parent().unwrap().join("target"), PathBuf::from);
+    target.join(if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    })
+}
+
+/// Path of a workspace binary, built (once per test process) with the test's own profile.
+pub fn binary(name: &str) -> PathBuf {
+    static BUILD: Once = Once::new();
+    BUILD.call_once(|| {
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "queue-proxy",
+            "--bin",
+            "queue-proxy",
+        ]);
+        if !cfg!(debug_assertions) {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "building the binaries failed");
+    });
+    target_dir().join(name)
+}
+
+// === queue-proxy ===
+
+/// The environment upstream's controller gives a queue-proxy, pointed at `user_port`, with every
+/// port the test does not care about left to the kernel.
+pub fn queue_proxy_env(user_port: u16) -> HashMap<String, String> {
+    [
+        ("CONTAINER_CONCURRENCY", "0".to_owned()),
+        ("QUEUE_SERVING_PORT", "0".to_owned()),
+        ("QUEUE_SERVING_TLS_PORT", "0".to_owned()),
+        ("USER_PORT", user_port.to_string()),
+        ("REVISION_TIMEOUT_SECONDS", "300".to_owned()),
+        ("SERVING_LOGGING_CONFIG", String::new()),
+        ("SERVING_LOGGING_LEVEL", "debug".to_owned()),
+        ("SERVING_NAMESPACE", "default".to_owned()),
+        ("SERVING_CONFIGURATION", "hello".to_owned()),
+        ("SERVING_REVISION", "hello-00001".to_owned()),
+        ("SERVING_POD", "hello-00001-deployment-abc".to_owned()),
+        ("SERVING_POD_IP", "127.0.0.1".to_owned()),
+        ("QUEUE_METRICS_PORT", "0".to_owned()),
+        ("QUEUE_ADMIN_PORT", "0".to_owned()),
+        ("QUEUE_DRAIN_QUIET_SECONDS", "0".to_owned()),
+        ("QUEUE_CERTS_DIR", "/nonexistent".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// A running queue-proxy process. Killed when dropped.
+pub struct QueueProxy {
+    child: Child,
+    ports: HashMap<String, u16>,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl QueueProxy {
+    /// Starts the binary with exactly `env` (nothing inherited but `PATH`) and waits until every
+    /// listener has logged its port.
+    pub fn start(env: &HashMap<String, String>) -> Self {
+        let mut cmd = Command::new(binary("queue-proxy"));
+        cmd.env_clear()
+            .envs(env)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(path) = std::env::var_os("PATH") {
+            cmd.env("PATH", path);
+        }
+        let mut child = cmd.spawn().expect("spawn queue-proxy");
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<(String, u16)>();
+        {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                        let msg = v["message"].as_str().unwrap_or("");
+                        if let (Some(key), Some(port)) = (
+                            msg.strip_prefix("listening (")
+                                .and_then(|m| m.strip_suffix(')')),
+                            v["port"].as_u64(),
+                        ) {
+                            let _ = tx.send((key.to_owned(), port as u16));
+                        }
+                    }
+                    logs.lock().unwrap().push(line);
+                }
+            });
+        }
+        {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    logs.lock().unwrap().push(line);
+                }
+            });
+        }
+        let mut ports = HashMap::new();
+        let expected = [
+            "QUEUE_SERVING_PORT",
+            "QUEUE_METRICS_PORT",
+            "QUEUE_ADMIN_PORT",
+        ];
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !expected.iter().all(|k| ports.contains_key(*k)) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok((k, p)) => {
+                    ports.insert(k, p);
+                }
+                Err(_) => panic!(
+                    "queue-proxy did not start; logs:\n{}",
+                    logs.lock().unwrap().join("\n")
+                ),
+            }
+        }
+        // Optional listeners (TLS, Prometheus) log right after the others.
+        while let Ok((k, p)) = rx.recv_timeout(Duration::from_millis(200)) {
+            ports.insert(k, p);
+        }
+        Self { child, ports, logs }
+    }
+
+    /// The port a listener bound, by its env key (`QUEUE_SERVING_PORT`, ...).
+    pub fn port(&self, key: &str) -> u16 {
+        *self
+            .ports
+            .get(key)
+            .unwrap_or_else(|| panic!("no {key} listener; logs:\n{}", self.logs()))
+    }
+
+    /// Whether a listener for `key` was started.
+    pub fn has_port(&self, key: &str) -> bool {
+        self.ports.contains_key(key)
+    }
+
+    /// `http://127.0.0.1:<serving port><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port("QUEUE_SERVING_PORT"))
+    }
+
+    /// The serving address.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port("QUEUE_SERVING_PORT")))
+    }
+
+    /// Everything it printed so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`, `KILL`).
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits up to `timeout` for the process to exit and returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for QueueProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the binary with `env` and returns its exit code and stderr, for start-up failures.
+pub fn run_to_exit(env: &HashMap<String, String>) -> (Option<i32>, String) {
+    let mut cmd = Command::new(binary("queue-proxy"));
+    cmd.env_clear()
+        .envs(env)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let out = cmd.output().expect("run queue-proxy");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+// === fake apps ===
+
+type Handler = Arc<
+    dyn Fn(Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> + Send + Sync,
+>;
+
+/// A fake application on `127.0.0.1:<port>` speaking HTTP/1.1 and h2c, with upgrades.
+pub struct App {
+    /// Its address.
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl App {
+    /// Serves `handler` on a fresh port.
+    pub async fn start<F, Fut>(handler: F) -> Self
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
+        Self::start_on("127.0.0.1:0".parse().unwrap(), handler).await
+    }
+
+    /// Serves `handler` on `addr`.
+    pub async fn start_on<F, Fut>(addr: SocketAddr, handler: F) -> Self
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
+        let handler: Handler = Arc::new(move |req| Box::pin(handler(req)));
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let handler = handler.clone();
+                        async move { Ok::<_, Infallible>(handler(req).await) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Self { addr, task }
+    }
+
+    /// The app's port.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An app that answers 200 `hello` and echoes request headers back as `x-echo-<name>`, the
+/// request's `Host`/authority as `x-echo-host`, and its protocol version as `x-echo-version`.
+pub async fn echo_app() -> App {
+    App::start(|req: Request<Incoming>| async move {
+        let mut res = Response::new(full("hello"));
+        for (k, v) in req.headers() {
+            if let Ok(name) = http::HeaderName::try_from(format!("x-echo-{k}")) {
+                res.headers_mut().append(name, v.clone());
+            }
+        }
+        let host = req
+            .uri()
+            .authority()
+            .map(|a| a.to_string())
+            .or_else(|| {
+                req.headers()
+                    .get("host")
+                    .map(|h| h.to_str().unwrap().to_owned())
+            })
+            .unwrap_or_default();
+        res.headers_mut()
+            .insert("x-echo-host", host.parse().unwrap());
+        res.headers_mut().insert(
+            "x-echo-version",
+            format!("{:?}", req.version()).parse().unwrap(),
+        );
+        res.headers_mut().insert(
+            "x-echo-path",
+            req.uri()
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_default()
+                .parse()
+                .unwrap(),
+        );
+        res
+    })
+    .await
+}
+
+// === clients ===
+
+/// An HTTP/1.1 client.
+pub fn http1() -> Client<HttpConnector, Body> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// An h2c (prior knowledge) client.
+pub fn h2c() -> Client<HttpConnector, Body> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// A collected response.
+#[derive(Debug)]
+pub struct Collected {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: http::HeaderMap,
+    /// Body.
+    pub body: Bytes,
+}
+
+impl Collected {
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+}
+
+/// Sends `req` and reads the whole response.
+pub async fn send(client: &Client<HttpConnector, Body>, req: Request<Body>) -> Collected {
+    let res = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+        .await
+        .expect("response in time")
+        .expect("response");
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Collected {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// GET `url` with `headers` over HTTP/1.1.
+pub async fn get(url: &str, headers: &[(&str, &str)]) -> Collected {
+    let mut req = Request::get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    send(&http1(), req.body(full("")).unwrap()).await
+}
+
+/// Polls `check` every 10 ms until it holds, or panics after `timeout`.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
