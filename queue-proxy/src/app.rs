@@ -33,8 +33,8 @@ use tower::{ServiceBuilder, service_fn, util::MapRequestLayer};
 
 use crate::{
     config::Config,
-    metrics::{self, Point, RequestMetricsLayer},
     health::{Drainer, HealthLayer},
+    metrics::{self, Point, RequestMetricsLayer},
     readiness::Readiness,
     tls,
 };

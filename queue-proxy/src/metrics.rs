@@ -28,7 +28,9 @@ const QUEUE_DEPTH: &str = "kn_serving_queue_depth";
 /// Seconds from the request reaching the queue-proxy to the end of its response.
 const SERVER_DURATION: &str = "http_server_request_duration_seconds";
 /// Upstream's invocation-duration buckets.
-const BUCKETS: [f64; 14] = [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0];
+const BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
 
 /// Installs the global recorder and returns the handle that renders the text format.
 pub(crate) fn install() -> Result<PrometheusHandle, String> {
@@ -57,7 +59,9 @@ pub(crate) struct RequestMetricsLayer {
 
 impl RequestMetricsLayer {
     pub(crate) fn new(enabled: bool, point: Point, breaker: Option<Arc<Breaker>>) -> Self {
-        Self { on: enabled.then_some((point, breaker)) }
+        Self {
+            on: enabled.then_some((point, breaker)),
+        }
     }
 }
 
@@ -65,7 +69,10 @@ impl<S> Layer<S> for RequestMetricsLayer {
     type Service = RequestMetrics<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RequestMetrics { inner, on: self.on.clone() }
+        RequestMetrics {
+            inner,
+            on: self.on.clone(),
+        }
     }
 }
 
@@ -89,7 +96,10 @@ impl Drop for Timer {
         let secs = self.start.elapsed().as_secs_f64();
         let status = self.status.to_string();
         match (self.point, self.labels.take()) {
-            (Point::Invocation, _) => metrics::histogram!(INVOCATION_DURATION, "http_response_status_code" => status).record(secs),
+            (Point::Invocation, _) => {
+                metrics::histogram!(INVOCATION_DURATION, "http_response_status_code" => status)
+                    .record(secs)
+            }
             (Point::Server, Some((method, version))) => {
                 let version = match version {
                     http::Version::HTTP_2 => "2",
@@ -139,7 +149,10 @@ where
             }
             _ => None,
         };
-        ResponseFuture { inner: self.inner.call(req), timer }
+        ResponseFuture {
+            inner: self.inner.call(req),
+            timer,
+        }
     }
 }
 
