@@ -45,6 +45,9 @@ const REPORTING_PERIOD: Duration = Duration::from_secs(1);
 const PRESTOP_SIGTERM_WINDOW: Duration = Duration::from_secs(1);
 
 pub(crate) async fn run(config: Config) -> Result<(), String> {
+    // First, so that a SIGTERM during start-up drains instead of killing the process.
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let readiness = Readiness::parse(
         config.readiness_probe.as_deref(),
         config.multi_container_probes,
@@ -125,7 +128,13 @@ pub(crate) async fn run(config: Config) -> Result<(), String> {
     ));
     tasks.spawn(Server::new(&server_config).serve(
         metrics,
-        move |_| metrics_service(stat.clone()),
+        move |_| {
+            let stat = stat.clone();
+            // The autoscaler insists on exactly this type, whatever it sent as Accept.
+            metrics_endpoint("application/protobuf", move || {
+                stat.read().unwrap_or_else(|e| e.into_inner()).clone()
+            })
+        },
         drain.clone(),
     ));
 
@@ -140,7 +149,12 @@ pub(crate) async fn run(config: Config) -> Result<(), String> {
         };
         tasks.spawn(Server::new(&server_config).serve(
             listener,
-            move |_| prometheus_service(handle.clone()),
+            move |_| {
+                let handle = handle.clone();
+                metrics_endpoint("text/plain; version=0.0.4; charset=utf-8", move || {
+                    Bytes::from(handle.render())
+                })
+            },
             drain.clone(),
         ));
     }
@@ -155,8 +169,6 @@ pub(crate) async fn run(config: Config) -> Result<(), String> {
         drain.clone(),
     ));
 
-    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     tokio::select! {
         _ = sigterm.recv() => {}
         _ = sigint.recv() => {}
@@ -231,8 +243,10 @@ fn plain(status: StatusCode, body: &'static str) -> Plain {
     res
 }
 
-fn metrics_service(
-    stat: Arc<RwLock<Bytes>>,
+/// A port that answers `GET /metrics` with `render()` as `content_type`, and 404 elsewhere.
+fn metrics_endpoint(
+    content_type: &'static str,
+    render: impl Fn() -> Bytes + Clone + Send + 'static,
 ) -> impl tower::Service<
     Request<Incoming>,
     Response = Plain,
@@ -241,35 +255,9 @@ fn metrics_service(
 > + Clone {
     service_fn(move |req: Request<Incoming>| {
         let res = if req.uri().path() == "/metrics" {
-            let body = stat.read().unwrap_or_else(|e| e.into_inner()).clone();
-            let mut res = Response::new(Full::new(body));
-            res.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/protobuf"),
-            );
-            res
-        } else {
-            plain(StatusCode::NOT_FOUND, "404 page not found\n")
-        };
-        std::future::ready(Ok(res))
-    })
-}
-
-fn prometheus_service(
-    handle: metrics_exporter_prometheus::PrometheusHandle,
-) -> impl tower::Service<
-    Request<Incoming>,
-    Response = Plain,
-    Error = Infallible,
-    Future = std::future::Ready<Result<Plain, Infallible>>,
-> + Clone {
-    service_fn(move |req: Request<Incoming>| {
-        let res = if req.uri().path() == "/metrics" {
-            let mut res = Response::new(Full::new(Bytes::from(handle.render())));
-            res.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
+            let mut res = Response::new(Full::new(render()));
+            res.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
             res
         } else {
             plain(StatusCode::NOT_FOUND, "404 page not found\n")
