@@ -197,13 +197,14 @@ pub fn append_forwarded_for(headers: &mut HeaderMap, peer: &HeaderValue) {
     }
 }
 
-const HOP_BY_HOP: [HeaderName; 8] = [
+// `Trailer` is not here: it announces the trailer fields, and hyper writes HTTP/1.1 trailers only
+// for fields the message announced (Go's ReverseProxy re-announces them too).
+const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
@@ -358,11 +359,17 @@ mod tests {
             ("x-secret", "1"),
             ("keep-alive", "timeout=5"),
             ("te", "trailers, deflate"),
+            ("trailer", "grpc-status"),
             ("upgrade", "h2c"),
             ("x-kept", "1"),
         ]);
         strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h.len(), 3, "{h:?}");
+        assert_eq!(
+            h[header::TRAILER],
+            "grpc-status",
+            "announced trailers stay announced"
+        );
         assert_eq!(h[header::TE], "trailers");
         assert!(h.contains_key("x-kept"));
     }

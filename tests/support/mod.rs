@@ -229,18 +229,33 @@ impl Drop for QueueProxy {
     }
 }
 
-/// Runs the binary with `env` and returns its exit code and stderr, for start-up failures.
+/// Runs the binary with `env` until it exits (within 20 s) and returns its exit code and
+/// everything it printed (stderr, then stdout), for start-up failures.
 pub fn run_to_exit(env: &HashMap<String, String>) -> (Option<i32>, String) {
     let mut cmd = Command::new(binary("queue-proxy"));
     cmd.env_clear()
         .envs(env)
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let out = cmd.output().expect("run queue-proxy");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let child = cmd.spawn().expect("run queue-proxy");
+    let id = child.id();
+    // A binary that does not exit fails the test instead of hanging it.
+    let (done, exited) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if exited.recv_timeout(Duration::from_secs(20)).is_err() {
+            let _ = Command::new("kill")
+                .args(["-KILL", &id.to_string()])
+                .status();
+        }
+    });
+    let out = child.wait_with_output().expect("run queue-proxy");
+    let _ = done.send(());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    (out.status.code(), text)
 }
 
 // === fake apps ===
@@ -422,4 +437,57 @@ where
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// A body of `data` frames followed by `trailers`, as a gRPC server sends it.
+pub fn with_trailers(data: Vec<Bytes>, trailers: http::HeaderMap) -> Body {
+    struct Frames(std::collections::VecDeque<http_body::Frame<Bytes>>);
+    impl http_body::Body for Frames {
+        type Data = Bytes;
+        type Error = Box<dyn std::error::Error + Send + Sync>;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            std::task::Poll::Ready(self.0.pop_front().map(Ok))
+        }
+    }
+    let mut frames: std::collections::VecDeque<_> =
+        data.into_iter().map(http_body::Frame::data).collect();
+    frames.push_back(http_body::Frame::trailers(trailers));
+    Frames(frames).boxed()
+}
+
+/// A body fed frame by frame (data, then optionally trailers) through the returned sender; it
+/// ends when the sender is dropped.
+pub fn channel_body() -> (tokio::sync::mpsc::Sender<http_body::Frame<Bytes>>, Body) {
+    struct Frames(tokio::sync::mpsc::Receiver<http_body::Frame<Bytes>>);
+    impl http_body::Body for Frames {
+        type Data = Bytes;
+        type Error = Box<dyn std::error::Error + Send + Sync>;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            self.0.poll_recv(cx).map(|f| f.map(Ok))
+        }
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    (tx, Frames(rx).boxed())
+}
+
+/// Awaits `f`, failing the test after `limit`: a hang fails instead of blocking CI.
+pub async fn within<T>(what: &str, limit: Duration, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(limit, f)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {limit:?}: {what}"))
+}
+
+/// A queue-proxy in front of `app_port`, with `extra` added to the controller's environment.
+pub fn start_queue_proxy(app_port: u16, extra: &[(&str, &str)]) -> QueueProxy {
+    let mut env = queue_proxy_env(app_port);
+    for (k, v) in extra {
+        env.insert((*k).to_owned(), (*v).to_owned());
+    }
+    QueueProxy::start(&env)
 }
