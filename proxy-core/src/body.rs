@@ -10,7 +10,7 @@ use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 
-use crate::{BoxError, client::Checkin};
+use crate::{BoxError, h1::H1Body};
 
 /// A body that a layer can make up on the spot, for answers that never reach the upstream
 /// (probe answers, error pages).
@@ -40,32 +40,25 @@ pin_project! {
     enum Kind {
         // A complete body (possibly empty), sent in one frame.
         Full { data: Option<Bytes> },
-        // Streamed from the upstream. Its connection goes back to the pool when the stream ends.
-        Upstream {
-            #[pin]
-            inner: Incoming,
-            checkin: Option<Checkin>,
-        },
+        // Read straight from an upstream HTTP/1.1 connection, which goes back to the pool when
+        // the body ends.
+        Http1 { inner: H1Body },
+        // A stream of the shared h2c connection.
+        H2 { #[pin] inner: Incoming },
     }
 }
 
 impl Body {
-    pub(crate) fn upstream(inner: Incoming, mut checkin: Option<Checkin>) -> Self {
-        // A response that carries no body frees its connection at once.
-        if http_body::Body::is_end_stream(&inner)
-            && let Some(c) = checkin.take()
-        {
-            c.release();
-        }
+    pub(crate) fn http1(inner: H1Body) -> Self {
         Self {
-            kind: Kind::Upstream { inner, checkin },
+            kind: Kind::Http1 { inner },
         }
     }
-}
 
-fn release(checkin: &mut Option<Checkin>) {
-    if let Some(c) = checkin.take() {
-        c.release();
+    pub(crate) fn h2(inner: Incoming) -> Self {
+        Self {
+            kind: Kind::H2 { inner },
+        }
     }
 }
 
@@ -86,7 +79,8 @@ impl std::fmt::Debug for Body {
                 .debug_struct("Full")
                 .field("len", &data.as_ref().map_or(0, Bytes::len))
                 .finish(),
-            Kind::Upstream { .. } => f.debug_struct("Upstream").finish_non_exhaustive(),
+            Kind::Http1 { inner } => inner.fmt(f),
+            Kind::H2 { .. } => f.debug_struct("H2").finish_non_exhaustive(),
         }
     }
 }
@@ -101,26 +95,16 @@ impl http_body::Body for Body {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project().kind.project() {
             KindProj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            KindProj::Upstream { mut inner, checkin } => {
-                let polled = inner.as_mut().poll_frame(cx);
-                match &polled {
-                    // hyper stops polling a body once it reports its end, so the last frame, not
-                    // a later `None`, is where the connection is freed.
-                    Poll::Ready(None) => release(checkin),
-                    Poll::Ready(Some(Ok(_))) if inner.is_end_stream() => release(checkin),
-                    // A broken stream must never be reused.
-                    Poll::Ready(Some(Err(_))) => drop(checkin.take()),
-                    _ => {}
-                }
-                polled.map_err(Into::into)
-            }
+            KindProj::Http1 { inner } => Pin::new(inner).poll_frame(cx),
+            KindProj::H2 { inner } => inner.poll_frame(cx).map_err(Into::into),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Full { data } => data.is_none(),
-            Kind::Upstream { inner, .. } => inner.is_end_stream(),
+            Kind::Http1 { inner } => inner.is_end_stream(),
+            Kind::H2 { inner } => inner.is_end_stream(),
         }
     }
 
@@ -129,7 +113,8 @@ impl http_body::Body for Body {
             Kind::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            Kind::Upstream { inner, .. } => inner.size_hint(),
+            Kind::Http1 { inner } => inner.size_hint(),
+            Kind::H2 { inner } => inner.size_hint(),
         }
     }
 }

@@ -12,15 +12,17 @@ use std::{
     time::Duration,
 };
 
+use bytes::BytesMut;
 use http::{Request, Response};
-use hyper::{
-    body::Incoming,
-    client::conn::{http1, http2},
-};
+use hyper::{body::Incoming, client::conn::http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::{net::TcpStream, sync::Notify, time::Instant};
 
-use crate::{body::Body, error::Upstream};
+use crate::{
+    body::Body,
+    error::Upstream,
+    h1::{self, RawUpgrade},
+};
 
 /// Which protocol to speak upstream. The proxy mirrors the inbound one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -35,8 +37,8 @@ pub enum Protocol {
 ///
 /// ## HTTP/1.1 connection strategy
 ///
-/// Each HTTP/1.1 connection costs ~35 KiB in hyper (buffers, a dispatch channel, a task), and a
-/// request occupies one for its whole exchange. When a burst keeps more requests in flight than
+/// Each HTTP/1.1 connection costs memory (a socket, a read buffer), and a request occupies one for
+/// its whole exchange. When a burst keeps more requests in flight than
 /// the application can work on, opening a connection per request only moves the queue into the
 /// application's sockets and multiplies memory. So beyond `soft_max_connections` a request first
 /// waits for a connection to come back, for as long as connections keep coming back: if none was
@@ -77,8 +79,9 @@ pub struct Client {
 
 struct Inner {
     addr: SocketAddr,
+    authority: String,
     config: ClientConfig,
-    idle: Mutex<Vec<http1::SendRequest<Incoming>>>,
+    idle: Mutex<Vec<Pooled>>,
     h2: Mutex<Option<http2::SendRequest<Incoming>>>,
     h2_connect: tokio::sync::Mutex<()>,
     /// HTTP/1.1 connections open, idle or busy.
@@ -110,6 +113,7 @@ impl Client {
         Self {
             inner: Arc::new(Inner {
                 addr,
+                authority: addr.to_string(),
                 config,
                 idle: Mutex::new(Vec::new()),
                 h2: Mutex::new(None),
@@ -127,6 +131,11 @@ impl Client {
         self.inner.addr
     }
 
+    /// The upstream address as a `Host` value, for requests that carry none.
+    pub(crate) fn authority(&self) -> &str {
+        &self.inner.authority
+    }
+
     /// Idle HTTP/1.1 connections in the pool.
     pub fn idle_connections(&self) -> usize {
         lock(&self.inner.idle).len()
@@ -142,11 +151,10 @@ impl Client {
         // The pooled case needs no await; the rest is boxed so that the future every request
         // carries (and moves) stays small.
         if protocol == Protocol::Http1
-            && let Some(sender) = self.pooled_http1()
+            && let Some(pooled) = self.pooled_http1()
         {
             return Ok(Connection(Conn::Http1 {
-                sender,
-                pool: self.inner.clone(),
+                pooled,
                 reused: true,
             }));
         }
@@ -156,12 +164,8 @@ impl Client {
     async fn checkout_slow(&self, protocol: Protocol) -> Result<Connection, Upstream> {
         match protocol {
             Protocol::Http1 => {
-                let (sender, reused) = self.http1().await?;
-                Ok(Connection(Conn::Http1 {
-                    sender,
-                    pool: self.inner.clone(),
-                    reused,
-                }))
+                let (pooled, reused) = self.http1().await?;
+                Ok(Connection(Conn::Http1 { pooled, reused }))
             }
             Protocol::H2c => Ok(Connection(Conn::H2c {
                 sender: self.h2c().await?,
@@ -170,12 +174,12 @@ impl Client {
     }
 
     /// An idle connection, a new one, or (past the soft maximum) the next one to come back.
-    async fn http1(&self) -> Result<(http1::SendRequest<Incoming>, bool), Upstream> {
+    async fn http1(&self) -> Result<(Pooled, bool), Upstream> {
         let inner = &*self.inner;
         let soft_max = inner.config.soft_max_connections;
         loop {
-            if let Some(sender) = self.pooled_http1() {
-                return Ok((sender, true));
+            if let Some(pooled) = self.pooled_http1() {
+                return Ok((pooled, true));
             }
             // Reserve the place before dialling, so a burst cannot overshoot while connects run.
             let below_max = soft_max == 0
@@ -198,8 +202,8 @@ impl Client {
             tokio::pin!(returned);
             returned.as_mut().enable();
             // A connection may have come back between the first look and registering.
-            if let Some(sender) = self.pooled_http1() {
-                return Ok((sender, true));
+            if let Some(pooled) = self.pooled_http1() {
+                return Ok((pooled, true));
             }
             if tokio::time::timeout(inner.config.stall_wait, returned)
                 .await
@@ -209,21 +213,46 @@ impl Client {
                     .now_us()
                     .saturating_sub(inner.last_return_us.load(Ordering::Relaxed));
                 if u128::from(since) >= inner.config.stall_wait.as_micros() {
-                    return Ok((self.connect_http1(self.reserve()).await?, false));
+                    return Ok((self.dial_http1().await?, false));
                 }
             }
         }
     }
 
-    fn pooled_http1(&self) -> Option<http1::SendRequest<Incoming>> {
-        let mut idle = lock(&self.inner.idle);
-        while let Some(sender) = idle.pop() {
-            if sender.is_ready() {
-                return Some(sender);
+    fn pooled_http1(&self) -> Option<Pooled> {
+        loop {
+            let pooled = lock(&self.inner.idle).pop()?;
+            // A connection that sat idle for a while may have been closed by the app (Node.js
+            // closes idle ones after 5 s); one non-blocking read tells.
+            if pooled.idle_since.elapsed() < RECHECK_IDLE_AFTER || h1::still_open(&pooled.io) {
+                return Some(pooled);
             }
-            // Closed, or (rarely) still finishing its last exchange: let it go.
         }
-        None
+    }
+
+    /// A fresh HTTP/1.1 connection, counted whatever the soft maximum.
+    pub(crate) async fn dial_http1(&self) -> Result<Pooled, Upstream> {
+        self.inner.open.fetch_add(1, Ordering::AcqRel);
+        self.connect_http1(OpenSlot(self.inner.clone())).await
+    }
+
+    async fn connect_http1(&self, slot: OpenSlot) -> Result<Pooled, Upstream> {
+        let io = self.connect().await?;
+        Ok(Pooled::new(io, BytesMut::with_capacity(8192), slot))
+    }
+
+    /// Puts a connection whose last exchange ended cleanly back in the pool.
+    pub(crate) fn put_http1(&self, pooled: Pooled) {
+        let pool = &*self.inner;
+        {
+            let mut idle = lock(&pool.idle);
+            if idle.len() >= pool.config.max_idle {
+                return;
+            }
+            idle.push(pooled);
+        }
+        pool.last_return_us.store(pool.now_us(), Ordering::Relaxed);
+        pool.returned.notify_one();
     }
 
     async fn connect(&self) -> Result<TcpStream, Upstream> {
@@ -232,30 +261,6 @@ impl Client {
             .map_err(|e| Upstream::connect(&self.inner.addr.to_string(), e))?;
         let _ = stream.set_nodelay(true);
         Ok(stream)
-    }
-
-    /// Counts a connection about to be dialled, whatever the soft maximum.
-    fn reserve(&self) -> OpenSlot {
-        self.inner.open.fetch_add(1, Ordering::AcqRel);
-        OpenSlot(self.inner.clone())
-    }
-
-    async fn connect_http1(
-        &self,
-        slot: OpenSlot,
-    ) -> Result<http1::SendRequest<Incoming>, Upstream> {
-        let stream = self.connect().await?;
-        let (sender, conn) = http1::Builder::new()
-            .max_buf_size(self.inner.config.max_header_bytes.max(8192))
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(Upstream::exchange)?;
-        tokio::spawn(async move {
-            // Errors surface on the request that was in flight; nothing to add here.
-            let _ = conn.with_upgrades().await;
-            drop(slot);
-        });
-        Ok(sender)
     }
 
     async fn h2c(&self) -> Result<http2::SendRequest<Incoming>, Upstream> {
@@ -292,7 +297,35 @@ impl Client {
 }
 
 /// One open (or opening) HTTP/1.1 connection, counted against the soft maximum until dropped.
-struct OpenSlot(Arc<Inner>);
+pub(crate) struct OpenSlot(Arc<Inner>);
+
+/// How long a connection may sit idle before it is checked for a close before reuse.
+const RECHECK_IDLE_AFTER: Duration = Duration::from_millis(500);
+
+/// An idle HTTP/1.1 connection with its read buffer.
+pub(crate) struct Pooled {
+    pub(crate) io: TcpStream,
+    pub(crate) buf: BytesMut,
+    pub(crate) slot: OpenSlot,
+    idle_since: Instant,
+}
+
+impl Pooled {
+    pub(crate) fn new(io: TcpStream, buf: BytesMut, slot: OpenSlot) -> Self {
+        Self {
+            io,
+            buf,
+            slot,
+            idle_since: Instant::now(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Pooled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pooled").finish_non_exhaustive()
+    }
+}
 
 impl Drop for OpenSlot {
     fn drop(&mut self) {
@@ -313,8 +346,7 @@ pub struct Connection(Conn);
 #[derive(Debug)]
 enum Conn {
     Http1 {
-        sender: http1::SendRequest<Incoming>,
-        pool: Arc<Inner>,
+        pooled: Pooled,
         reused: bool,
     },
     H2c {
@@ -324,113 +356,34 @@ enum Conn {
 
 impl Connection {
     /// Sends `req`. The request must already be in the form the protocol expects (see
-    /// [`crate::proxy`]). On a reused HTTP/1.1 connection that the upstream closed while idle,
-    /// the request, never written, is retried once on a fresh connection.
+    /// [`crate::proxy`]). A bodiless request that meets a reused HTTP/1.1 connection the upstream
+    /// had closed is sent again on a fresh connection.
     pub async fn send(self, req: Request<Incoming>, client: &Client) -> Result<Exchange, Upstream> {
         match self.0 {
-            Conn::Http1 {
-                mut sender,
-                pool,
-                reused,
-            } => {
-                let res = match sender.try_send_request(req).await {
-                    Ok(res) => res,
-                    Err(mut err) => match err.take_message() {
-                        Some(req) if reused => {
-                            return Box::pin(async move {
-                                let mut fresh = client.connect_http1(client.reserve()).await?;
-                                let res =
-                                    fresh.send_request(req).await.map_err(Upstream::exchange)?;
-                                Ok(with_checkin(res, fresh, pool))
-                            })
-                            .await;
-                        }
-                        _ => return Err(Upstream::exchange(err.into_error())),
-                    },
-                };
-                Ok(with_checkin(res, sender, pool))
+            Conn::Http1 { pooled, reused } => {
+                let done = h1::exchange(pooled, reused, req, client).await?;
+                Ok(Exchange {
+                    response: done.response.map(Body::http1),
+                    upgraded: done.upgraded,
+                })
             }
             Conn::H2c { mut sender } => {
                 sender.ready().await.map_err(Upstream::exchange)?;
                 let response = sender.send_request(req).await.map_err(Upstream::exchange)?;
                 Ok(Exchange {
-                    response,
-                    checkin: None,
+                    response: response.map(Body::h2),
+                    upgraded: None,
                 })
             }
         }
     }
 }
 
-fn with_checkin(
-    response: Response<Incoming>,
-    sender: http1::SendRequest<Incoming>,
-    pool: Arc<Inner>,
-) -> Exchange {
-    Exchange {
-        response,
-        checkin: Some(Checkin { sender, pool }),
-    }
-}
-
-/// An upstream response, with what returns its connection to the pool.
+/// An upstream response.
 #[derive(Debug)]
 pub struct Exchange {
-    /// The response as received.
-    pub response: Response<Incoming>,
-    /// Returns the HTTP/1.1 connection to the pool; `None` for h2c.
-    pub checkin: Option<Checkin>,
-}
-
-impl Exchange {
-    /// The response with a body that returns its connection when it ends.
-    pub fn into_response(self) -> Response<Body> {
-        let checkin = self.checkin;
-        self.response.map(|b| Body::upstream(b, checkin))
-    }
-}
-
-/// Returns an HTTP/1.1 connection to its pool once the response that used it is over.
-pub struct Checkin {
-    sender: http1::SendRequest<Incoming>,
-    pool: Arc<Inner>,
-}
-
-impl std::fmt::Debug for Checkin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Checkin").finish_non_exhaustive()
-    }
-}
-
-impl Checkin {
-    /// Puts the connection back; called when the response body has ended cleanly.
-    pub(crate) fn release(self) {
-        let Self { mut sender, pool } = self;
-        if sender.is_closed() {
-            return;
-        }
-        if sender.is_ready() {
-            put(&pool, sender);
-            return;
-        }
-        // The connection task has not yet noticed the end of the exchange; hand it back as soon
-        // as it does instead of dialling a new one for the next request.
-        tokio::spawn(async move {
-            if sender.ready().await.is_ok() {
-                put(&pool, sender);
-            }
-        });
-    }
-}
-
-fn put(pool: &Inner, sender: http1::SendRequest<Incoming>) {
-    {
-        let mut idle = lock(&pool.idle);
-        if idle.len() >= pool.config.max_idle {
-            return;
-        }
-        idle.push(sender);
-    }
-    pool.last_return_us.store(pool.now_us(), Ordering::Relaxed);
-    pool.returned.notify_one();
+    /// The response; its body returns an HTTP/1.1 connection to the pool when it ends.
+    pub response: Response<Body>,
+    /// The upstream's side of a connection it switched to another protocol (`101`).
+    pub upgraded: Option<RawUpgrade>,
 }

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use pin_project_lite::pin_project;
+use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
@@ -23,6 +24,7 @@ use crate::{
     body::FromBytes,
     drain::Drain,
     error::{QueueFull, Timeout, Upstream, cause_ref, is_caused_by},
+    h1::RawUpgrade,
     proxy::Tunnel,
     timeout::TunnelDeadline,
 };
@@ -191,10 +193,20 @@ fn spawn_tunnel<H: Send + 'static>(
         let _hold = hold;
         let _token = token;
         let splice = async {
-            let (down, up) = tokio::try_join!(tunnel.downstream, tunnel.upstream)?;
-            let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+            let Some(RawUpgrade {
+                io: mut up,
+                read_ahead,
+            }) = tunnel.take_upstream()
+            else {
+                return Err::<(), BoxError>("upgraded connection already taken".into());
+            };
+            let mut down = TokioIo::new(tunnel.downstream.await?);
+            // What the upstream sent right after its 101 belongs to the client.
+            if !read_ahead.is_empty() {
+                down.write_all(&read_ahead).await?;
+            }
             tokio::io::copy_bidirectional(&mut down, &mut up).await?;
-            Ok::<_, BoxError>(())
+            Ok(())
         };
         let result = match deadline {
             Some(at) => tokio::time::timeout_at(at, splice)

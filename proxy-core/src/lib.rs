@@ -4,7 +4,8 @@
 //!
 //! * [`server`] binds listeners (backlog from `somaxconn`) and serves HTTP/1.1 and h2c on one port,
 //!   with a graceful drain that also waits for upgraded connections and HTTP/2 streams.
-//! * [`client`] is a pooled upstream client that mirrors the inbound protocol.
+//! * [`client`] is a pooled upstream client that mirrors the inbound protocol; [`h1`] is its
+//!   HTTP/1.1 exchange, driven in the request's own task.
 //! * [`proxy`] forwards a request through the client: hop-by-hop headers, `X-Forwarded-For`,
 //!   upgrades (websockets) and trailers.
 //! * [`breaker`], [`stats`] and [`timeout`] are the per-request layers: the containerConcurrency
@@ -21,6 +22,7 @@ pub mod client;
 pub mod drain;
 pub mod edge;
 pub mod error;
+pub mod h1;
 pub mod headers;
 pub mod probe;
 pub mod proxy;

@@ -6,7 +6,13 @@
 //! [edge](crate::edge) splices once both sides have switched. `Upgrade: h2c` is declined: the
 //! request is served as HTTP/1.1 (clients that want h2c use prior knowledge, as upstream's do).
 
-use std::{future::Future, net::IpAddr, pin::Pin, task::Context, task::Poll};
+use std::{
+    future::Future,
+    net::IpAddr,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+};
 
 use http::{HeaderValue, Request, Response, StatusCode, Version, header, uri};
 use hyper::{body::Incoming, upgrade::OnUpgrade};
@@ -17,6 +23,7 @@ use crate::{
     body::Body,
     client::{Client, Protocol},
     error::Upstream,
+    h1::RawUpgrade,
     headers,
 };
 
@@ -25,8 +32,18 @@ use crate::{
 pub struct Tunnel {
     /// The client's side, ready once our `101` has been written.
     pub downstream: OnUpgrade,
-    /// The upstream's side.
-    pub upstream: OnUpgrade,
+    // Response extensions must be `Clone`; the socket is taken out exactly once, by the edge.
+    upstream: Arc<Mutex<Option<RawUpgrade>>>,
+}
+
+impl Tunnel {
+    /// The upstream's side; `None` once taken.
+    pub fn take_upstream(&self) -> Option<RawUpgrade> {
+        self.upstream
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
 }
 
 /// A request rewritten for the upstream.
@@ -154,17 +171,18 @@ pub async fn forward(client: &Client, prepared: Prepared) -> Result<Response<Bod
                 .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             res.headers_mut().insert(header::UPGRADE, proto);
         }
-        let upstream = hyper::upgrade::on(&mut *res);
+        let upstream = exchange
+            .upgraded
+            .take()
+            .ok_or_else(|| Upstream::other("upstream switched protocols over h2c"))?;
         res.extensions_mut().insert(Tunnel {
             downstream,
-            upstream,
+            upstream: Arc::new(Mutex::new(Some(upstream))),
         });
-        // The connection now belongs to the tunnel.
-        exchange.checkin = None;
     } else {
         headers::strip_hop_by_hop(res.headers_mut());
     }
-    Ok(exchange.into_response())
+    Ok(exchange.response)
 }
 
 // === Proxy ===
