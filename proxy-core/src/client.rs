@@ -242,8 +242,10 @@ impl Client {
     }
 
     /// Puts a connection whose last exchange ended cleanly back in the pool.
-    pub(crate) fn put_http1(&self, pooled: Pooled) {
+    pub(crate) fn put_http1(&self, mut pooled: Pooled) {
         let pool = &*self.inner;
+        let now = Instant::now();
+        pooled.idle_since = now;
         {
             let mut idle = lock(&pool.idle);
             if idle.len() >= pool.config.max_idle {
@@ -251,7 +253,11 @@ impl Client {
             }
             idle.push(pooled);
         }
-        pool.last_return_us.store(pool.now_us(), Ordering::Relaxed);
+        let since_epoch = now.saturating_duration_since(pool.epoch).as_micros();
+        pool.last_return_us.store(
+            u64::try_from(since_epoch).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         pool.returned.notify_one();
     }
 
@@ -311,12 +317,14 @@ pub(crate) struct Pooled {
 }
 
 impl Pooled {
+    /// A connection; `idle_since` is stamped when it goes back to the pool.
     pub(crate) fn new(io: TcpStream, buf: BytesMut, slot: OpenSlot) -> Self {
+        let idle_since = slot.0.epoch;
         Self {
             io,
             buf,
             slot,
-            idle_since: Instant::now(),
+            idle_since,
         }
     }
 }

@@ -37,6 +37,8 @@ use crate::{
 
 /// Most header fields a response head may have.
 const MAX_HEADERS: usize = 128;
+/// `Keep-Alive`, a hop-by-hop field.
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 /// Longest chunk-size line accepted.
 const MAX_CHUNK_LINE: usize = 4096;
 
@@ -258,6 +260,15 @@ fn parse_head(
         for &[ns, ne, vs, ve] in ranges {
             let name = HeaderName::from_bytes(&head[ns..ne])
                 .map_err(|_| Upstream::other("malformed HTTP response: header name"))?;
+            // Hop-by-hop fields that say nothing beyond HTTP/1.1's defaults are dropped here,
+            // which spares the common response the slow path of `strip_hop_by_hop`.
+            if (name == header::CONNECTION
+                && version == 1
+                && head[vs..ve].eq_ignore_ascii_case(b"keep-alive"))
+                || name == KEEP_ALIVE
+            {
+                continue;
+            }
             let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
                 .map_err(|_| Upstream::other("malformed HTTP response: header value"))?;
             map.append(name, value);

@@ -4,9 +4,9 @@ use std::{convert::Infallible, io, net::SocketAddr, sync::Arc, time::Duration};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::conn::auto,
     service::TowerToHyperService,
 };
 use tokio::net::{TcpListener, TcpStream};
@@ -66,7 +66,8 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 /// A server for one listener. Build it, then [`serve`](Self::serve).
 #[derive(Clone)]
 pub struct Server {
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    http1: Arc<http1::Builder>,
+    http2: Arc<http2::Builder<TokioExecutor>>,
     tls: Option<TlsAcceptor>,
     handshake_timeout: Duration,
 }
@@ -79,22 +80,25 @@ impl std::fmt::Debug for Server {
     }
 }
 
+/// What an HTTP/2 client sends first (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 impl Server {
     /// A plaintext server (HTTP/1.1 and h2c) with `config`'s limits.
     pub fn new(config: &ServerConfig) -> Self {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
+        let mut http1 = http1::Builder::new();
+        http1
             .timer(TokioTimer::new())
             .header_read_timeout(config.header_read_timeout)
             .max_buf_size(config.max_header_bytes.max(8192));
-        builder
-            .http2()
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
             .timer(TokioTimer::new())
             .max_concurrent_streams(config.max_concurrent_streams)
             .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
         Self {
-            builder: Arc::new(builder),
+            http1: Arc::new(http1),
+            http2: Arc::new(http2),
             tls: None,
             handshake_timeout: config.header_read_timeout,
         }
@@ -171,10 +175,25 @@ impl Server {
         B::Error: Into<BoxError>,
     {
         match &self.tls {
-            None => self.drive(TokioIo::new(stream), service, drain).await,
+            None => {
+                // Peeking at the preface, rather than reading it through a rewinding wrapper as
+                // hyper-util's auto server does, leaves every later read of the connection direct.
+                match tokio::time::timeout(self.handshake_timeout, sniff_h2(&stream)).await {
+                    Ok(Ok(true)) => self.drive_h2(TokioIo::new(stream), service, drain).await,
+                    Ok(Ok(false)) => self.drive_h1(TokioIo::new(stream), service, drain).await,
+                    Ok(Err(e)) => tracing::debug!(error = %e, "connection failed before a request"),
+                    Err(_) => tracing::debug!("no request before the header read timeout"),
+                }
+            }
             Some(acceptor) => {
                 match tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => self.drive(TokioIo::new(tls), service, drain).await,
+                    Ok(Ok(tls)) => {
+                        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                            self.drive_h2(TokioIo::new(tls), service, drain).await;
+                        } else {
+                            self.drive_h1(TokioIo::new(tls), service, drain).await;
+                        }
+                    }
                     Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!("TLS handshake timed out"),
                 }
@@ -182,7 +201,7 @@ impl Server {
         }
     }
 
-    async fn drive<I, S, B>(&self, io: I, service: S, drain: Drain)
+    async fn drive_h1<I, S, B>(&self, io: I, service: S, drain: Drain)
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
         S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
@@ -195,8 +214,9 @@ impl Server {
         B::Error: Into<BoxError>,
     {
         let conn = self
-            .builder
-            .serve_connection_with_upgrades(io, TowerToHyperService::new(service));
+            .http1
+            .serve_connection(io, TowerToHyperService::new(service))
+            .with_upgrades();
         tokio::pin!(conn);
         let result = tokio::select! {
             res = conn.as_mut() => res,
@@ -205,10 +225,57 @@ impl Server {
                 conn.await
             }
         };
-        if let Err(e) = result {
-            // Clients hang up all the time; that is not an error of ours (upstream #14818).
-            tracing::debug!(error = %e, "connection ended with an error");
+        log_end(result);
+    }
+
+    async fn drive_h2<I, S, B>(&self, io: I, service: S, drain: Drain)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let conn = self
+            .http2
+            .serve_connection(io, TowerToHyperService::new(service));
+        tokio::pin!(conn);
+        let result = tokio::select! {
+            res = conn.as_mut() => res,
+            () = drain.signaled() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        log_end(result);
+    }
+}
+
+fn log_end(result: Result<(), hyper::Error>) {
+    if let Err(e) = result {
+        // Clients hang up all the time; that is not an error of ours (upstream #14818).
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// Whether the client opens with the HTTP/2 preface (h2c with prior knowledge). Only peeks, so
+/// the bytes stay for the protocol that serves the connection.
+async fn sniff_h2(stream: &TcpStream) -> io::Result<bool> {
+    let mut buf = [0u8; 24];
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 || !H2_PREFACE.starts_with(&buf[..n]) {
+            return Ok(false);
         }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        // A preface split across packets: peeking again at once would see the same bytes.
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
