@@ -541,11 +541,7 @@ impl Decoder {
                 }
                 Self::Length(rem) => {
                     if buf.is_empty() {
-                        return if eof {
-                            Err("upstream closed the body early".into())
-                        } else {
-                            Ok(Step::NeedMore)
-                        };
+                        return need_more(eof);
                     }
                     let n = usize::try_from(rem).unwrap_or(usize::MAX).min(buf.len());
                     *self = Self::Length(rem - n as u64);
@@ -566,11 +562,7 @@ impl Decoder {
                         if buf.len() > MAX_CHUNK_LINE {
                             return Err(malformed("chunk size line too long"));
                         }
-                        return if eof {
-                            Err("upstream closed the body early".into())
-                        } else {
-                            Ok(Step::NeedMore)
-                        };
+                        return need_more(eof);
                     };
                     let line = buf.split_to(end + 2);
                     let digits = line[..end].split(|&b| b == b';').next().unwrap_or_default();
@@ -587,11 +579,7 @@ impl Decoder {
                 }
                 Self::Chunked(Chunk::Data(rem)) => {
                     if buf.is_empty() {
-                        return if eof {
-                            Err("upstream closed the body early".into())
-                        } else {
-                            Ok(Step::NeedMore)
-                        };
+                        return need_more(eof);
                     }
                     let n = usize::try_from(rem).unwrap_or(usize::MAX).min(buf.len());
                     let left = rem - n as u64;
@@ -604,11 +592,7 @@ impl Decoder {
                 }
                 Self::Chunked(Chunk::DataEnd) => {
                     if buf.len() < 2 {
-                        return if eof {
-                            Err("upstream closed the body early".into())
-                        } else {
-                            Ok(Step::NeedMore)
-                        };
+                        return need_more(eof);
                     }
                     if &buf[..2] != b"\r\n" {
                         return Err(malformed("missing CRLF after chunk"));
@@ -626,11 +610,7 @@ impl Decoder {
                         if buf.len() > 1 << 20 {
                             return Err(malformed("trailers too large"));
                         }
-                        return if eof {
-                            Err("upstream closed the body early".into())
-                        } else {
-                            Ok(Step::NeedMore)
-                        };
+                        return need_more(eof);
                     };
                     let block = buf.split_to(end + 4);
                     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -652,6 +632,15 @@ impl Decoder {
                 }
             }
         }
+    }
+}
+
+/// More bytes are needed; past the end of the stream that is a truncated body.
+fn need_more(eof: bool) -> Result<Step, BoxError> {
+    if eof {
+        Err("upstream closed the body early".into())
+    } else {
+        Ok(Step::NeedMore)
     }
 }
 

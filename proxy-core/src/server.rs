@@ -1,10 +1,16 @@
 //! Serves HTTP/1.1 and h2c (prior knowledge) on one port, with TLS optional, and drains gracefully.
 
-use std::{convert::Infallible, io, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible, future::Future, io, net::SocketAddr, pin::Pin, sync::Arc, time::Duration,
+};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper::server::conn::{http1, http2};
+use hyper::{
+    rt::bounds::Http2ServerConnExec,
+    server::conn::{http1, http2},
+    service::HttpService,
+};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     service::TowerToHyperService,
@@ -179,8 +185,28 @@ impl Server {
                 // Peeking at the preface, rather than reading it through a rewinding wrapper as
                 // hyper-util's auto server does, leaves every later read of the connection direct.
                 match tokio::time::timeout(self.handshake_timeout, sniff_h2(&stream)).await {
-                    Ok(Ok(true)) => self.drive_h2(TokioIo::new(stream), service, drain).await,
-                    Ok(Ok(false)) => self.drive_h1(TokioIo::new(stream), service, drain).await,
+                    Ok(Ok(true)) => {
+                        until_done(
+                            self.http2.serve_connection(
+                                TokioIo::new(stream),
+                                TowerToHyperService::new(service),
+                            ),
+                            drain,
+                        )
+                        .await
+                    }
+                    Ok(Ok(false)) => {
+                        until_done(
+                            self.http1
+                                .serve_connection(
+                                    TokioIo::new(stream),
+                                    TowerToHyperService::new(service),
+                                )
+                                .with_upgrades(),
+                            drain,
+                        )
+                        .await
+                    }
                     Ok(Err(e)) => tracing::debug!(error = %e, "connection failed before a request"),
                     Err(_) => tracing::debug!("no request before the header read timeout"),
                 }
@@ -188,10 +214,16 @@ impl Server {
             Some(acceptor) => {
                 match tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => {
-                        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-                            self.drive_h2(TokioIo::new(tls), service, drain).await;
+                        let io = TokioIo::new(tls);
+                        let service = TowerToHyperService::new(service);
+                        if io.inner().get_ref().1.alpn_protocol() == Some(b"h2") {
+                            until_done(self.http2.serve_connection(io, service), drain).await;
                         } else {
-                            self.drive_h1(TokioIo::new(tls), service, drain).await;
+                            until_done(
+                                self.http1.serve_connection(io, service).with_upgrades(),
+                                drain,
+                            )
+                            .await;
                         }
                     }
                     Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
@@ -200,59 +232,52 @@ impl Server {
             }
         }
     }
+}
 
-    async fn drive_h1<I, S, B>(&self, io: I, service: S, drain: Drain)
-    where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        B: http_body::Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
-    {
-        let conn = self
-            .http1
-            .serve_connection(io, TowerToHyperService::new(service))
-            .with_upgrades();
-        tokio::pin!(conn);
-        let result = tokio::select! {
-            res = conn.as_mut() => res,
-            () = drain.signaled() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        };
-        log_end(result);
-    }
+/// A served connection that can be asked to finish what it has and close.
+trait Graceful: Future<Output = hyper::Result<()>> {
+    fn finish(self: Pin<&mut Self>);
+}
 
-    async fn drive_h2<I, S, B>(&self, io: I, service: S, drain: Drain)
-    where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-        S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        B: http_body::Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
-    {
-        let conn = self
-            .http2
-            .serve_connection(io, TowerToHyperService::new(service));
-        tokio::pin!(conn);
-        let result = tokio::select! {
-            res = conn.as_mut() => res,
-            () = drain.signaled() => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        };
-        log_end(result);
+impl<I, B, S> Graceful for http1::UpgradeableConnection<I, S>
+where
+    S: HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: http_body::Body + 'static,
+    B::Error: Into<BoxError>,
+{
+    fn finish(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
     }
+}
+
+impl<I, B, S, E> Graceful for http2::Connection<I, S, E>
+where
+    S: HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: http_body::Body + 'static,
+    B::Error: Into<BoxError>,
+    E: Http2ServerConnExec<S::Future, B>,
+{
+    fn finish(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Runs `conn` to its end; once the drain starts, HTTP/1.1 finishes its exchange and HTTP/2 sends
+/// a GOAWAY and finishes its open streams.
+async fn until_done<C: Graceful>(conn: C, drain: Drain) {
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        res = conn.as_mut() => res,
+        () = drain.signaled() => {
+            conn.as_mut().finish();
+            conn.await
+        }
+    };
+    log_end(result);
 }
 
 fn log_end(result: Result<(), hyper::Error>) {
