@@ -280,3 +280,18 @@ async fn probes_are_not_logged_one_line_each() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(qp.logs().lines().count(), before, "{}", qp.logs());
 }
+
+#[tokio::test]
+async fn logs_are_knative_json_lines() {
+    let app = echo_app().await;
+    let qp = QueueProxy::start(&queue_proxy_env(app.port()));
+    let logs = qp.logs();
+    let first = logs.lines().next().expect("a start-up line");
+    let line: serde_json::Value = serde_json::from_str(first).expect("JSON");
+    for key in ["severity", "timestamp", "logger", "message"] {
+        assert!(line.get(key).is_some(), "{key} missing: {first}");
+    }
+    assert_eq!(line["knative.dev/key"], "default/hello-00001");
+    assert_eq!(line["knative.dev/pod"], "hello-00001-deployment-abc");
+    assert_eq!(line["severity"], "INFO");
+}

@@ -129,3 +129,57 @@ async fn probes_do_not_count_and_other_paths_are_404() {
     .await;
     assert_eq!(res.status, 404);
 }
+
+#[tokio::test]
+async fn prometheus_request_metrics_use_upstream_names() {
+    let app = tests::echo_app().await;
+    let mut env = queue_proxy_env(app.port());
+    env.insert(
+        "OBSERVABILITY_CONFIG".into(),
+        r#"{"requestMetrics":{"protocol":"prometheus"}}"#.into(),
+    );
+    env.insert("METRICS_PROMETHEUS_PORT".into(), "0".into());
+    env.insert("CONTAINER_CONCURRENCY".into(), "5".into());
+    let qp = QueueProxy::start(&env);
+    for _ in 0..3 {
+        assert_eq!(get(&qp.url("/"), &[]).await.status, 200);
+    }
+    // A probe is not a request to count.
+    get(
+        &qp.url("/"),
+        &[
+            ("user-agent", "kube-probe/1.30"),
+            ("k-network-probe", "queue"),
+        ],
+    )
+    .await;
+    let url = format!(
+        "http://127.0.0.1:{}/metrics",
+        qp.port("METRICS_PROMETHEUS_PORT")
+    );
+    let res = get(&url, &[]).await;
+    assert_eq!(res.status, 200);
+    let text = res.text();
+    assert!(
+        text.contains(
+            r#"kn_serving_invocation_duration_seconds_count{http_response_status_code="200"} 3"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("kn_serving_invocation_duration_seconds_bucket"),
+        "{text}"
+    );
+    assert!(text.contains("kn_serving_queue_depth"), "{text}");
+    assert!(
+        text.contains("http_server_request_duration_seconds_count{"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn no_prometheus_port_by_default() {
+    let app = tests::echo_app().await;
+    let qp = QueueProxy::start(&queue_proxy_env(app.port()));
+    assert!(!qp.has_port("METRICS_PROMETHEUS_PORT"), "{}", qp.logs());
+}
