@@ -388,6 +388,10 @@ fn finish_head(
         };
     }
     let keep_alive = keeps_alive(&res, framing);
+    // The version belongs to the hop: the client hears whatever its own connection speaks, as
+    // from Go's proxy, even from an HTTP/1.0 app.
+    let mut res = res;
+    *res.version_mut() = http::Version::HTTP_11;
     let decoder = match framing {
         Framing::Empty => Decoder::Done,
         Framing::Length(n) => Decoder::Length(n),

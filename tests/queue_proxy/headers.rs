@@ -158,3 +158,50 @@ async fn a_malformed_request_gets_a_4xx_and_the_proxy_lives_on() {
     }
     assert_eq!(get(&qp.url("/"), &[]).await.status, 200);
 }
+
+#[tokio::test]
+async fn an_http10_app_is_answered_over_the_clients_http11() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An HTTP/1.0 app that closes each connection after answering, as python's http.server does.
+    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = app.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = app.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = s.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.0 200 OK\r\nServer: old\r\n\r\nold but fine")
+                    .await;
+            });
+        }
+    });
+    let qp = QueueProxy::start(&queue_proxy_env(port));
+    let mut s = tokio::net::TcpStream::connect(qp.addr()).await.unwrap();
+    for _ in 0..2 {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 1024];
+        // The app's body has no length, so it reaches the client chunked.
+        while !String::from_utf8_lossy(&got).ends_with("old but fine\r\n0\r\n\r\n") {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut chunk))
+                .await
+                .expect("response in time")
+                .unwrap();
+            assert!(n > 0, "the proxy closed the client's connection: {got:?}");
+            got.extend_from_slice(&chunk[..n]);
+        }
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    }
+}
