@@ -310,11 +310,21 @@ fn framing(status: StatusCode, headers: &HeaderMap, is_head: bool) -> Result<Fra
     {
         return Ok(Framing::Empty);
     }
-    if let Some(te) = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-    {
+    // One pass over the fields: a response has a handful, and comparing names beats hashing.
+    let mut te_last = None;
+    let mut length = None;
+    let mut bad_length = false;
+    for (k, v) in headers {
+        if k == header::TRANSFER_ENCODING {
+            te_last = Some(v);
+        } else if k == header::CONTENT_LENGTH {
+            match v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) {
+                Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
+                _ => bad_length = true,
+            }
+        }
+    }
+    if let Some(te) = te_last {
         let last = te
             .to_str()
             .ok()
@@ -326,19 +336,8 @@ fn framing(status: StatusCode, headers: &HeaderMap, is_head: bool) -> Result<Fra
             Framing::Eof
         });
     }
-    let mut length = None;
-    for v in headers.get_all(header::CONTENT_LENGTH) {
-        let n = v
-            .to_str()
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .ok_or_else(|| Upstream::other("malformed HTTP response: content-length"))?;
-        if length.is_some_and(|l| l != n) {
-            return Err(Upstream::other(
-                "malformed HTTP response: conflicting content-length",
-            ));
-        }
-        length = Some(n);
+    if bad_length {
+        return Err(Upstream::other("malformed HTTP response: content-length"));
     }
     Ok(match length {
         Some(0) => Framing::Empty,
@@ -351,11 +350,11 @@ fn keeps_alive(res: &Response<()>, framing: Framing) -> bool {
     if framing == Framing::Eof {
         return false;
     }
-    let tokens = res.headers().get_all(header::CONNECTION);
     let says = |t: &str| {
-        tokens.iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|s| s.split(',').any(|x| x.trim().eq_ignore_ascii_case(t)))
+        res.headers().iter().any(|(k, v)| {
+            k == header::CONNECTION
+                && v.to_str()
+                    .is_ok_and(|s| s.split(',').any(|x| x.trim().eq_ignore_ascii_case(t)))
         })
     };
     match res.version() {
