@@ -131,6 +131,11 @@ impl Client {
         self.inner.addr
     }
 
+    /// Largest response head accepted.
+    pub(crate) fn max_header_bytes(&self) -> usize {
+        self.inner.config.max_header_bytes
+    }
+
     /// The upstream address as a `Host` value, for requests that carry none.
     pub(crate) fn authority(&self) -> &str {
         &self.inner.authority
@@ -222,8 +227,8 @@ impl Client {
     fn pooled_http1(&self) -> Option<Pooled> {
         loop {
             let pooled = lock(&self.inner.idle).pop()?;
-            // A connection that sat idle for a while may have been closed by the app (Node.js
-            // closes idle ones after 5 s); one non-blocking read tells.
+            // A connection that sat idle may have been closed by the app (Node.js closes idle
+            // ones after 5 s) or written to out of turn; one non-blocking read tells.
             if pooled.idle_since.elapsed() < RECHECK_IDLE_AFTER || h1::still_open(&pooled.io) {
                 return Some(pooled);
             }
@@ -306,7 +311,11 @@ impl Client {
 pub(crate) struct OpenSlot(Arc<Inner>);
 
 /// How long a connection may sit idle before it is checked for a close before reuse.
-const RECHECK_IDLE_AFTER: Duration = Duration::from_millis(500);
+///
+/// Under load a connection is reused within microseconds and the check (one `recv` that would
+/// block) is skipped; an app that writes past its response (a body after a HEAD answer, a late
+/// 408 on an idle connection) is caught unless its stray bytes land in that window.
+const RECHECK_IDLE_AFTER: Duration = Duration::from_millis(1);
 
 /// An idle HTTP/1.1 connection with its read buffer.
 pub(crate) struct Pooled {

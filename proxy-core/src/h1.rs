@@ -79,22 +79,27 @@ pub(crate) async fn exchange(
     let has_body = !http_body::Body::is_end_stream(&body);
     let (head, chunked) = encode_head(&parts, has_body, client.authority());
     let is_head = parts.method == Method::HEAD;
+    let max_head = client.max_header_bytes();
 
     if !has_body {
-        let (res_head, framing) = match write_and_read_head(&mut conn, &head, is_head).await {
-            Ok(r) => r,
-            Err(Failure {
-                error,
-                before_response,
-            }) if reused && before_response => {
-                let _ = error;
-                conn = client.dial_http1().await?;
-                write_and_read_head(&mut conn, &head, is_head)
-                    .await
-                    .map_err(|f| f.error)?
-            }
-            Err(f) => return Err(f.error),
-        };
+        let replayable = is_replayable(&parts);
+        if reused && !replayable && !still_open(&conn.io) {
+            conn = client.dial_http1().await?;
+        }
+        let (res_head, framing) =
+            match write_and_read_head(&mut conn, &head, is_head, max_head).await {
+                Ok(r) => r,
+                Err(Failure {
+                    before_response: true,
+                    ..
+                }) if reused && replayable => {
+                    conn = client.dial_http1().await?;
+                    write_and_read_head(&mut conn, &head, is_head, max_head)
+                        .await
+                        .map_err(|f| f.error)?
+                }
+                Err(f) => return Err(f.error),
+            };
         let Pooled { io, buf, slot, .. } = conn;
         return Ok(finish_head(
             res_head,
@@ -115,12 +120,12 @@ pub(crate) async fn exchange(
     } = conn;
     let (mut read, mut write) = io.into_split();
     write.write_all(&head).await.map_err(io_err)?;
-    let pump = tokio::spawn(pump_body(write, body, chunked));
-    let (res_head, framing) = read_head(&mut read, &mut buf, is_head)
+    // Aborted when dropped: an exchange that fails or is given up stops writing at once.
+    let pump = Pump(Some(tokio::spawn(pump_body(write, body, chunked))));
+    let (res_head, framing) = read_head(&mut read, &mut buf, is_head, max_head)
         .await
         .map_err(|f| f.error)?;
     if res_head.status() == StatusCode::SWITCHING_PROTOCOLS {
-        pump.abort();
         return Err(Upstream::other(
             "upgrade with a request body is not supported",
         ));
@@ -133,6 +138,28 @@ pub(crate) async fn exchange(
         slot,
         client,
     ))
+}
+
+/// A request the upstream may safely be sent again when a reused connection turned out closed
+/// before any byte of a response: Go's rule (safe methods without a body, or an idempotency key).
+/// RFC 9112 §9.3.1.1 forbids replaying anything else.
+fn is_replayable(parts: &http::request::Parts) -> bool {
+    matches!(
+        parts.method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    ) || parts.headers.contains_key("idempotency-key")
+        || parts.headers.contains_key("x-idempotency-key")
+}
+
+/// The task that writes a request body; aborted when dropped unfinished.
+struct Pump(Option<JoinHandle<io::Result<OwnedWriteHalf>>>);
+
+impl Drop for Pump {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
 }
 
 /// Whether an idle socket still looks open: no EOF and no unexpected bytes waiting.
@@ -151,6 +178,7 @@ async fn write_and_read_head(
     conn: &mut Pooled,
     head: &[u8],
     is_head: bool,
+    max_head: usize,
 ) -> Result<(Response<()>, Framing), Failure> {
     if let Err(e) = conn.io.write_all(head).await {
         return Err(Failure {
@@ -158,7 +186,7 @@ async fn write_and_read_head(
             before_response: true,
         });
     }
-    read_head(&mut conn.io, &mut conn.buf, is_head).await
+    read_head(&mut conn.io, &mut conn.buf, is_head, max_head).await
 }
 
 /// How the response body is delimited.
@@ -174,6 +202,7 @@ async fn read_head<R: tokio::io::AsyncRead + Unpin>(
     io: &mut R,
     buf: &mut BytesMut,
     is_head: bool,
+    max_head: usize,
 ) -> Result<(Response<()>, Framing), Failure> {
     let mut received = false;
     loop {
@@ -195,7 +224,7 @@ async fn read_head<R: tokio::io::AsyncRead + Unpin>(
                 });
             }
         }
-        if buf.len() >= 1 << 20 {
+        if buf.len() >= max_head {
             return Err(Failure {
                 error: Upstream::other("response head too large"),
                 before_response: false,
@@ -286,10 +315,17 @@ thread_local! {
 fn finish_parse(
     status: StatusCode,
     version: u8,
-    map: HeaderMap,
+    mut map: HeaderMap,
     is_head: bool,
 ) -> Result<(Response<()>, Framing), Upstream> {
     let framing = framing(status, &map, is_head)?;
+    if framing == Framing::Chunked && map.contains_key(header::CONTENT_LENGTH) {
+        // RFC 9112 §6.3: chunked wins and the length must not travel on; a message framed both
+        // ways also ends its connection (`Connection: close` is read by `keeps_alive`, then
+        // stripped before the client).
+        map.remove(header::CONTENT_LENGTH);
+        map.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     let mut res = Response::new(());
     *res.status_mut() = status;
     *res.version_mut() = if version == 0 {
@@ -318,23 +354,31 @@ fn framing(status: StatusCode, headers: &HeaderMap, is_head: bool) -> Result<Fra
         if k == header::TRANSFER_ENCODING {
             te_last = Some(v);
         } else if k == header::CONTENT_LENGTH {
-            match v.to_str().ok().and_then(|s| s.trim().parse::<u64>().ok()) {
+            let digits = v.as_bytes().trim_ascii();
+            let parsed = (!digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
+                .then(|| std::str::from_utf8(digits).ok()?.parse::<u64>().ok())
+                .flatten();
+            match parsed {
                 Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
                 _ => bad_length = true,
             }
         }
     }
     if let Some(te) = te_last {
-        let last = te
-            .to_str()
-            .ok()
-            .and_then(|s| s.rsplit(',').next())
-            .map(str::trim);
-        return Ok(if last.is_some_and(|c| c.eq_ignore_ascii_case("chunked")) {
-            Framing::Chunked
-        } else {
-            Framing::Eof
-        });
+        // Only plain `chunked` can be passed on: another coding would reach the client without
+        // the header that names it (Go answers 502 too).
+        let coding = te.as_bytes().trim_ascii();
+        if coding.eq_ignore_ascii_case(b"identity") {
+            // The obsolete no-op coding: the body runs to the end of the connection.
+            return Ok(Framing::Eof);
+        }
+        if !coding.eq_ignore_ascii_case(b"chunked") {
+            return Err(Upstream::other(format!(
+                "unsupported transfer encoding: {:?}",
+                String::from_utf8_lossy(te.as_bytes())
+            )));
+        }
+        return Ok(Framing::Chunked);
     }
     if bad_length {
         return Err(Upstream::other("malformed HTTP response: content-length"));
@@ -498,7 +542,7 @@ async fn pump_body(
 
 enum Reader {
     Whole(TcpStream),
-    Split(OwnedReadHalf, JoinHandle<io::Result<OwnedWriteHalf>>),
+    Split(OwnedReadHalf, Pump),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -572,6 +616,9 @@ impl Decoder {
                     let text = std::str::from_utf8(digits)
                         .map_err(|_| malformed("chunk size"))?
                         .trim();
+                    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return Err(malformed("chunk size"));
+                    }
                     let size =
                         u64::from_str_radix(text, 16).map_err(|_| malformed("chunk size"))?;
                     *self = Self::Chunked(if size == 0 {
@@ -698,9 +745,13 @@ impl H1Body {
         let io = match reader {
             Reader::Whole(io) => io,
             Reader::Split(read, mut pump) => {
-                // Only a request body that was fully sent leaves the connection reusable.
+                // Only a request body that was fully sent leaves the connection reusable. When
+                // the app answered before it had all of it, the exchange is over as it is in
+                // Go's proxy (the handler returns and the outgoing request is cancelled): the
+                // pump is aborted and the connection closes.
+                let Some(task) = pump.0.as_mut() else { return };
                 let waker = std::task::Waker::noop();
-                match Pin::new(&mut pump).poll(&mut Context::from_waker(waker)) {
+                match Pin::new(task).poll(&mut Context::from_waker(waker)) {
                     Poll::Ready(Ok(Ok(write))) => match read.reunite(write) {
                         Ok(io) => io,
                         Err(_) => return,
@@ -882,15 +933,18 @@ mod tests {
         assert_eq!(
             framing(
                 ok,
-                &h(&[
-                    ("transfer-encoding", "gzip, chunked"),
-                    ("content-length", "3")
-                ]),
+                &h(&[("transfer-encoding", "chunked"), ("content-length", "3")]),
                 false
             )
             .unwrap(),
-            Framing::Chunked
+            Framing::Chunked,
+            "chunked wins over a length"
         );
+        assert!(
+            framing(ok, &h(&[("transfer-encoding", "gzip, chunked")]), false).is_err(),
+            "a coding the client would not be told about"
+        );
+        assert!(framing(ok, &h(&[("content-length", "+3")]), false).is_err());
         assert_eq!(framing(ok, &h(&[]), false).unwrap(), Framing::Eof);
         assert!(
             framing(
