@@ -11,10 +11,7 @@ use hyper::{
     server::conn::{http1, http2},
     service::HttpService,
 };
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    service::TowerToHyperService,
-};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tower::Service;
@@ -187,10 +184,8 @@ impl Server {
                 match tokio::time::timeout(self.handshake_timeout, sniff_h2(&stream)).await {
                     Ok(Ok(true)) => {
                         until_done(
-                            self.http2.serve_connection(
-                                TokioIo::new(stream),
-                                TowerToHyperService::new(service),
-                            ),
+                            self.http2
+                                .serve_connection(TokioIo::new(stream), Ready::new(service)),
                             drain,
                         )
                         .await
@@ -198,10 +193,7 @@ impl Server {
                     Ok(Ok(false)) => {
                         until_done(
                             self.http1
-                                .serve_connection(
-                                    TokioIo::new(stream),
-                                    TowerToHyperService::new(service),
-                                )
+                                .serve_connection(TokioIo::new(stream), Ready::new(service))
                                 .with_upgrades(),
                             drain,
                         )
@@ -215,7 +207,7 @@ impl Server {
                 match tokio::time::timeout(self.handshake_timeout, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => {
                         let io = TokioIo::new(tls);
-                        let service = TowerToHyperService::new(service);
+                        let service = Ready::new(service);
                         if io.inner().get_ref().1.alpn_protocol() == Some(b"h2") {
                             until_done(self.http2.serve_connection(io, service), drain).await;
                         } else {
@@ -280,6 +272,66 @@ async fn until_done<C: Graceful>(conn: C, drain: Drain) {
     log_end(result);
 }
 
+/// Serves a tower service to hyper. hyper has no readiness step, so the service is polled for
+/// readiness with a no-op waker first: every proxy-core layer is always ready, which makes that a
+/// branch rather than the `Oneshot` state machine `TowerToHyperService` runs per request. A
+/// service that is not ready gets a proper wait.
+#[derive(Clone, Debug)]
+struct Ready<S>(S);
+
+impl<S> Ready<S> {
+    fn new(service: S) -> Self {
+        Self(service)
+    }
+}
+
+impl<S, R> hyper::service::Service<R> for Ready<S>
+where
+    S: Service<R> + Clone,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ReadyFuture<S, R>;
+
+    fn call(&self, req: R) -> Self::Future {
+        let mut svc = self.0.clone();
+        let waker = std::task::Waker::noop();
+        match svc.poll_ready(&mut std::task::Context::from_waker(waker)) {
+            std::task::Poll::Ready(Ok(())) => ReadyFuture::Called { fut: svc.call(req) },
+            std::task::Poll::Ready(Err(e)) => ReadyFuture::Failed { error: Some(e) },
+            std::task::Poll::Pending => ReadyFuture::Waiting {
+                fut: Box::pin(tower::ServiceExt::oneshot(svc, req)),
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = ReadyFutureProj]
+    enum ReadyFuture<S: Service<R>, R> {
+        Called { #[pin] fut: S::Future },
+        Waiting { fut: Pin<Box<tower::util::Oneshot<S, R>>> },
+        Failed { error: Option<S::Error> },
+    }
+}
+
+impl<S: Service<R>, R> Future for ReadyFuture<S, R> {
+    type Output = Result<S::Response, S::Error>;
+
+    fn poll(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.project() {
+            ReadyFutureProj::Called { fut } => fut.poll(cx),
+            ReadyFutureProj::Waiting { fut } => fut.as_mut().poll(cx),
+            ReadyFutureProj::Failed { error } => {
+                std::task::Poll::Ready(Err(error.take().expect("polled after completion")))
+            }
+        }
+    }
+}
+
 fn log_end(result: Result<(), hyper::Error>) {
     if let Err(e) = result {
         // Clients hang up all the time; that is not an error of ours (upstream #14818).
@@ -334,5 +386,36 @@ pub fn bind_any(port: u16) -> io::Result<TcpListener> {
         Ok(l) => Ok(l),
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(e),
         Err(_) => bind(SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hyper::service::Service as _;
+    use tower_test::mock;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn ready_services_are_called_directly_and_others_waited_for() {
+        let (svc, mut handle) = mock::pair::<&'static str, &'static str>();
+        let ready = Ready::new(svc);
+
+        handle.allow(1);
+        let direct = tokio::spawn(ready.call("now"));
+        let (req, send) = handle.next_request().await.unwrap();
+        assert_eq!(req, "now");
+        send.send_response("done");
+        assert_eq!(direct.await.unwrap().unwrap(), "done");
+
+        // Not ready: the call waits for capacity instead of failing or skipping readiness.
+        let waiting = tokio::spawn(ready.call("later"));
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        handle.allow(1);
+        let (req, send) = handle.next_request().await.unwrap();
+        assert_eq!(req, "later");
+        send.send_response("done later");
+        assert_eq!(waiting.await.unwrap().unwrap(), "done later");
     }
 }
