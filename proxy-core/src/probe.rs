@@ -3,7 +3,7 @@
 //! Each check opens its own connection and closes it afterwards (no keep-alive), as the kubelet
 //! does, so a probe never holds a slot of the application's connection pool.
 
-use std::{fmt, net::SocketAddr, time::Duration};
+use std::{fmt, net::SocketAddr, sync::Arc, time::Duration};
 
 use bytes::{Buf, Bytes};
 use http::{HeaderName, HeaderValue, Request, StatusCode, header};
@@ -35,6 +35,8 @@ pub enum Check {
         headers: Vec<(HeaderName, HeaderValue)>,
         /// Try h2c first and fall back to HTTP/1.1 (`ENABLE_HTTP2_AUTO_DETECTION`).
         h2c_first: bool,
+        /// Speak HTTPS, without verifying the certificate, as the kubelet and upstream do.
+        tls: bool,
     },
     /// Ready when `grpc.health.v1.Health/Check` answers `SERVING`.
     Grpc {
@@ -79,11 +81,21 @@ impl Check {
                 path,
                 headers,
                 h2c_first,
+                tls,
             } => {
-                if *h2c_first && http_get(*addr, host, path, headers, true).await.is_ok() {
-                    return Ok(());
+                if *tls {
+                    let tcp = connect(*addr).await?;
+                    let stream = tls_connect(tcp, host).await?;
+                    return http_get(TokioIo::new(stream), host, path, headers, false).await;
                 }
-                http_get(*addr, host, path, headers, false).await
+                if *h2c_first {
+                    let io = TokioIo::new(connect(*addr).await?);
+                    if http_get(io, host, path, headers, true).await.is_ok() {
+                        return Ok(());
+                    }
+                }
+                let io = TokioIo::new(connect(*addr).await?);
+                http_get(io, host, path, headers, false).await
             }
             Self::Grpc { addr, service } => grpc_health(*addr, service).await,
         }
@@ -98,14 +110,16 @@ async fn connect(addr: SocketAddr) -> Result<TcpStream, ProbeError> {
     Ok(s)
 }
 
-async fn http_get(
-    addr: SocketAddr,
+async fn http_get<I>(
+    io: I,
     host: &str,
     path: &str,
     headers: &[(HeaderName, HeaderValue)],
     h2c: bool,
-) -> Result<(), ProbeError> {
-    let io = TokioIo::new(connect(addr).await?);
+) -> Result<(), ProbeError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let mut req = Request::get(if h2c {
         format!("http://{host}{path}")
     } else {
@@ -153,6 +167,78 @@ async fn http_get(
             "HTTP probe did not respond Ready, got status code: {}",
             status.as_u16()
         )))
+    }
+}
+
+/// A TLS session to a readiness endpoint. Like the kubelet's HTTPS probes (and upstream's
+/// `InsecureSkipVerify`), the certificate is not checked: the app's own, often self-signed, is
+/// what is being probed. Handshake signatures are still verified.
+async fn tls_connect(
+    tcp: TcpStream,
+    host: &str,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ProbeError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| fail(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    let name = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    let name = rustls::pki_types::ServerName::try_from(name.trim_matches(['[', ']']).to_owned())
+        .map_err(|e| fail(format!("bad probe host {host:?}: {e}")))?;
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| fail(format!("TLS handshake: {e}")))
+}
+
+/// Accepts any certificate, checking only that the peer holds its key.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 

@@ -262,9 +262,6 @@ fn to_check(spec: &ProbeSpec, user_port: u16, h2c_first: bool) -> Result<Check, 
         });
     }
     if let Some(h) = &spec.http_get {
-        if h.scheme.eq_ignore_ascii_case("https") {
-            return Err("HTTPS readiness probes are not supported; use HTTP or TCP".to_owned());
-        }
         let p = port(&h.port)?;
         let host = if h.host.is_empty() {
             "127.0.0.1".to_owned()
@@ -297,6 +294,7 @@ fn to_check(spec: &ProbeSpec, user_port: u16, h2c_first: bool) -> Result<Check, 
             path,
             headers,
             h2c_first,
+            tls: h.scheme.eq_ignore_ascii_case("https"),
         });
     }
     if let Some(g) = &spec.grpc {

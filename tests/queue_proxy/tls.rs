@@ -293,3 +293,83 @@ async fn no_tls_listener_without_both_cert_files() {
     let qp = QueueProxy::start(&certs.env(app.port()));
     assert_no_tls_listener(&qp).await;
 }
+
+/// An HTTPS readiness probe reaches an app with a self-signed certificate, which it does not
+/// verify (as the kubelet's HTTPS probes do not).
+#[tokio::test]
+async fn https_readiness_probe_accepts_the_apps_own_certificate() {
+    let ck = rcgen::generate_simple_self_signed(vec!["app.internal".to_owned()]).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.key_pair.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![ck.cert.der().clone()], key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let probed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let app = tokio::spawn({
+        let probed = probed.clone();
+        async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let (acceptor, probed) = (acceptor.clone(), probed.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc =
+                        hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                            let ok = req.uri().path() == "/ready";
+                            if ok {
+                                probed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            }
+                            async move {
+                                let mut res = Response::new(Empty::<Bytes>::new());
+                                *res.status_mut() = if ok {
+                                    http::StatusCode::OK
+                                } else {
+                                    http::StatusCode::NOT_FOUND
+                                };
+                                Ok::<_, std::convert::Infallible>(res)
+                            }
+                        });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        }
+    });
+    let mut env = queue_proxy_env(port);
+    env.insert(
+        "SERVING_READINESS_PROBE".into(),
+        format!(
+            r#"{{"httpGet":{{"path":"/ready","port":{port},"host":"127.0.0.1","scheme":"HTTPS"}},"periodSeconds":1,"timeoutSeconds":1}}"#
+        ),
+    );
+    let qp = QueueProxy::start(&env);
+    let res = tests::get(
+        &qp.url("/"),
+        &[
+            ("user-agent", "kube-probe/1.30"),
+            ("k-network-probe", "queue"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (res.status.as_u16(), res.text().as_str()),
+        (200, "queue"),
+        "{}",
+        qp.logs()
+    );
+    assert!(
+        probed.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "the app saw the probe"
+    );
+    app.abort();
+}
