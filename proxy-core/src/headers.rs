@@ -97,8 +97,16 @@ pub fn rewrite_for_app<B>(mut req: http::Request<B>) -> http::Request<B> {
     if !req.headers().keys().any(|k| ANY.contains(k)) {
         return req;
     }
+    // As upstream: only a non-empty value moves, and a kubelet probe keeps its headers (its
+    // handler returns before the host rewrite).
+    let original = req
+        .headers()
+        .get(K_ORIGINAL_HOST)
+        .filter(|h| !h.is_empty() && !is_kubelet_probe(req.headers()))
+        .cloned();
     let headers = req.headers_mut();
-    if let Some(host) = headers.remove(K_ORIGINAL_HOST) {
+    if let Some(host) = original {
+        headers.remove(K_ORIGINAL_HOST);
         headers.insert(header::HOST, host.clone());
         // An HTTP/2 request carries its host in the URI's authority, not in `Host`.
         if req.version() == http::Version::HTTP_2
@@ -126,22 +134,28 @@ pub fn rewrite_for_app<B>(mut req: http::Request<B>) -> http::Request<B> {
 pub fn forwarded_shim(headers: &mut HeaderMap) {
     const XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
     const XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
-    if headers.contains_key(header::FORWARDED) {
+    if headers
+        .get(header::FORWARDED)
+        .is_some_and(|f| !f.is_empty())
+    {
         return;
     }
-    let xff: Vec<&str> = headers
-        .get_all(X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|n| !n.is_empty())
-        .collect();
-    let xfh = headers.get(XFH).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let xfp = headers.get(XFP).and_then(|v| v.to_str().ok()).unwrap_or("");
-    if xff.is_empty() && xfh.is_empty() && xfp.is_empty() {
+    // Upstream reads the first line of each header (Go's `Header.Get`) and keeps empty nodes.
+    let first = |name: &HeaderName| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
+    let (xff_line, xfh, xfp) = (first(&X_FORWARDED_FOR), first(&XFH), first(&XFP));
+    if xff_line.is_empty() && xfh.is_empty() && xfp.is_empty() {
         return;
     }
+    let xff: Vec<&str> = if xff_line.is_empty() {
+        Vec::new()
+    } else {
+        xff_line.split(',').map(str::trim).collect()
+    };
     let mut out = String::new();
     let node = |out: &mut String, n: &str| {
         out.push_str("for=");
@@ -325,6 +339,45 @@ mod tests {
         let mut h = map(&[("x-forwarded-proto", "https")]);
         forwarded_shim(&mut h);
         assert_eq!(h[header::FORWARDED], "proto=https");
+    }
+
+    #[test]
+    fn forwarded_reads_the_first_line_like_go() {
+        let mut h = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        forwarded_shim(&mut h);
+        assert_eq!(h[header::FORWARDED], "for=1.1.1.1;proto=https");
+        let mut h = map(&[("forwarded", ""), ("x-forwarded-for", "a, , b")]);
+        forwarded_shim(&mut h);
+        assert_eq!(
+            h[header::FORWARDED],
+            "for=a, for=, for=b",
+            "an empty Forwarded is replaced"
+        );
+    }
+
+    #[test]
+    fn original_host_moves_only_when_set_and_not_for_kubelet_probes() {
+        let req = http::Request::builder()
+            .header("k-original-host", "")
+            .header("host", "h")
+            .body(())
+            .unwrap();
+        let req = rewrite_for_app(req);
+        assert_eq!(req.headers()[header::HOST], "h");
+        assert!(req.headers().contains_key(K_ORIGINAL_HOST));
+        let req = http::Request::builder()
+            .header("k-original-host", "app.example.com")
+            .header("k-kubelet-probe", "1")
+            .header("host", "h")
+            .body(())
+            .unwrap();
+        let req = rewrite_for_app(req);
+        assert_eq!(req.headers()[header::HOST], "h");
+        assert_eq!(req.headers()[K_ORIGINAL_HOST], "app.example.com");
     }
 
     #[test]

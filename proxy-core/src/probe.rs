@@ -136,8 +136,14 @@ where
         req.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    // As Go builds the request: the host comes from the URL and the first User-Agent wins, so a
+    // probe's own `Host` or `User-Agent` entries are not sent a second time.
+    req.headers_mut()
+        .insert(header::ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
     for (k, v) in headers {
-        req.headers_mut().append(k.clone(), v.clone());
+        if k != header::HOST && k != header::USER_AGENT {
+            req.headers_mut().append(k.clone(), v.clone());
+        }
     }
     let status = if h2c {
         let (mut tx, conn) = http2::handshake(TokioExecutor::new(), io)
@@ -170,9 +176,10 @@ where
     }
 }
 
-/// A TLS session to a readiness endpoint. Like the kubelet's HTTPS probes (and upstream's
-/// `InsecureSkipVerify`), the certificate is not checked: the app's own, often self-signed, is
-/// what is being probed. Handshake signatures are still verified.
+/// A TLS session to a readiness endpoint. Like the kubelet's HTTPS probes, the certificate is not
+/// checked: the app's own, often self-signed, is what is being probed. (Upstream's prober
+/// verifies against the system roots, which such a certificate fails; this is deliberate.)
+/// Handshake signatures are still verified.
 async fn tls_connect(
     tcp: TcpStream,
     host: &str,

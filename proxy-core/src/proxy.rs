@@ -55,6 +55,8 @@ pub struct Prepared {
     pub protocol: Protocol,
     /// The client's side of a requested upgrade.
     pub upgrade: Option<OnUpgrade>,
+    /// The protocol the client asked to switch to.
+    pub upgrade_to: Option<HeaderValue>,
 }
 
 /// Rewrites an inbound request for the upstream at `upstream_authority`: protocol, URI form,
@@ -85,6 +87,7 @@ pub fn prepare(
     if let Some(peer) = peer {
         headers::append_forwarded_for(h, peer);
     }
+    let upgrade_to = upgrade.clone();
     let upgrade = upgrade.map(|proto| {
         let h = req.headers_mut();
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -138,6 +141,7 @@ pub fn prepare(
         request: req,
         protocol,
         upgrade,
+        upgrade_to,
     }
 }
 
@@ -154,6 +158,7 @@ pub async fn forward(client: &Client, prepared: Prepared) -> Result<Response<Bod
         request,
         protocol,
         upgrade,
+        upgrade_to,
     } = prepared;
     let conn = client.checkout(protocol).await?;
     let mut exchange = conn.send(request, client).await?;
@@ -165,6 +170,22 @@ pub async fn forward(client: &Client, prepared: Prepared) -> Result<Response<Bod
             ));
         };
         let proto = res.headers().get(header::UPGRADE).cloned();
+        // As Go's proxy: the upstream may only switch to the protocol the client asked for.
+        let same = match (&proto, &upgrade_to) {
+            (Some(got), Some(asked)) => got.as_bytes().eq_ignore_ascii_case(asked.as_bytes()),
+            _ => false,
+        };
+        if !same {
+            return Err(Upstream::other(format!(
+                "backend tried to switch protocol {:?} when {:?} was requested",
+                proto
+                    .as_ref()
+                    .map(|p| String::from_utf8_lossy(p.as_bytes()).into_owned()),
+                upgrade_to
+                    .as_ref()
+                    .map(|p| String::from_utf8_lossy(p.as_bytes()).into_owned()),
+            )));
+        }
         headers::strip_hop_by_hop(res.headers_mut());
         if let Some(proto) = proto {
             res.headers_mut()

@@ -21,8 +21,8 @@ use crate::{BoxError, drain::Drain, runtime};
 /// Server limits. The defaults are upstream's (Go's `net/http` and `x/net/http2`).
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    /// How long a client may take to send its request head (default 60 s); also bounds TLS
-    /// handshakes.
+    /// How long a new connection may take to send its first bytes, and a TLS handshake to
+    /// finish (default 60 s, upstream's `ReadHeaderTimeout`).
     pub header_read_timeout: Duration,
     /// Concurrent streams per HTTP/2 connection (default 250).
     pub max_concurrent_streams: u32,
@@ -90,9 +90,14 @@ impl Server {
     /// A plaintext server (HTTP/1.1 and h2c) with `config`'s limits.
     pub fn new(config: &ServerConfig) -> Self {
         let mut http1 = http1::Builder::new();
+        // hyper's head-read timer also runs while a keep-alive connection waits for its next
+        // request, so it would close idle connections from the activator and the ingress after
+        // 60 s and race their reuse into resets. Go starts the timer at the first byte of each
+        // request instead; here the timeout bounds the wait for a connection's first bytes (see
+        // `sniff_h2`) and TLS handshakes.
         http1
             .timer(TokioTimer::new())
-            .header_read_timeout(config.header_read_timeout)
+            .header_read_timeout(None)
             .max_buf_size(config.max_header_bytes.max(8192));
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2

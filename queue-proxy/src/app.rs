@@ -57,6 +57,11 @@ pub(crate) async fn run(config: Config) -> Result<(), String> {
     )
     .map_err(|e| format!("SERVING_READINESS_PROBE: {e}"))?;
 
+    if config.request_log_asked {
+        tracing::warn!(
+            "OBSERVABILITY_CONFIG enables the request log, which this queue-proxy does not write"
+        );
+    }
     let drain = Drain::new();
     let drainer = Drainer::new(config.drain_quiet);
     let started = Instant::now();
@@ -107,7 +112,14 @@ pub(crate) async fn run(config: Config) -> Result<(), String> {
     tasks.spawn(Server::new(&server_config).serve(serving, make.clone(), drain.clone()));
     if let Some((crt, key)) = tls::cert_files(&config.certs_dir) {
         let tls_config = tls::server_config(&config.tls, crt, key)?;
-        let listener = bind(config.tls_port, "QUEUE_SERVING_TLS_PORT")?;
+        let port = config.tls_port.trim().parse().map_err(|_| {
+            format!(
+                "QUEUE_SERVING_TLS_PORT: invalid port {:?} (certificates are in {})",
+                config.tls_port,
+                config.certs_dir.display()
+            )
+        })?;
+        let listener = bind(port, "QUEUE_SERVING_TLS_PORT")?;
         let server =
             Server::new(&server_config).with_tls(tokio_rustls::TlsAcceptor::from(tls_config));
         tasks.spawn(server.serve(listener, make, drain.clone()));
@@ -240,6 +252,17 @@ type Plain = Response<Full<Bytes>>;
 fn plain(status: StatusCode, body: &'static str) -> Plain {
     let mut res = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *res.status_mut() = status;
+    if !body.is_empty() {
+        // Shaped like Go's `http.Error`.
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        res.headers_mut().insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+    }
     res
 }
 

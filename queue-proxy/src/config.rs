@@ -29,6 +29,9 @@ impl Strings for HashMap<&str, &str> {
     }
 }
 
+/// Largest `CONTAINER_CONCURRENCY` (the breaker keeps 11 × cc places); Knative's own ceiling,
+/// `container-concurrency-max-limit`, defaults to 1000.
+pub(crate) const MAX_CONTAINER_CONCURRENCY: i64 = 1 << 40;
 /// Default of `QUEUE_METRICS_PORT`: the autoscaler scrapes 9090.
 pub(crate) const DEFAULT_METRICS_PORT: u16 = 9090;
 /// Default of `QUEUE_ADMIN_PORT`: the pre-stop hook calls 8022.
@@ -47,7 +50,8 @@ pub(crate) const DEFAULT_USER_METRICS_PORT: u16 = 9091;
 pub(crate) struct Config {
     pub(crate) container_concurrency: usize,
     pub(crate) serving_port: u16,
-    pub(crate) tls_port: u16,
+    /// Parsed only when TLS is served, as upstream, which never listens on it otherwise.
+    pub(crate) tls_port: String,
     pub(crate) user_port: u16,
     pub(crate) timeouts: Timeouts,
     pub(crate) readiness_probe: Option<String>,
@@ -65,6 +69,8 @@ pub(crate) struct Config {
     pub(crate) aggressive_probe_interval: Duration,
     pub(crate) worker_threads: Option<usize>,
     pub(crate) user_metrics: Option<(String, u16)>,
+    /// `OBSERVABILITY_CONFIG` asks for a request log, which is not written (a warning says so).
+    pub(crate) request_log_asked: bool,
     pub(crate) tls: TlsEnv,
 }
 
@@ -202,8 +208,13 @@ impl Config {
             errors: Vec::new(),
         };
         let cc = r.int("CONTAINER_CONCURRENCY", true).unwrap_or(0);
+        if cc > MAX_CONTAINER_CONCURRENCY {
+            r.errors.push(format!(
+                "CONTAINER_CONCURRENCY: {cc} is above the largest supported value, {MAX_CONTAINER_CONCURRENCY}"
+            ));
+        }
         let serving_port = r.port("QUEUE_SERVING_PORT", None);
-        let tls_port = r.port("QUEUE_SERVING_TLS_PORT", None);
+        let tls_port = r.required("QUEUE_SERVING_TLS_PORT");
         let user_port = r.port("USER_PORT", None);
         let request = r
             .non_negative("REVISION_TIMEOUT_SECONDS", true)
@@ -244,10 +255,19 @@ impl Config {
         let worker_threads = r
             .non_negative("QUEUE_WORKER_THREADS", false)
             .map(|n| usize::try_from(n.max(1)).unwrap_or(1));
-        let user_metrics = match src
+        let observability = src
             .get("OBSERVABILITY_CONFIG")
-            .filter(|s| !s.trim().is_empty())
-        {
+            .filter(|s| !s.trim().is_empty());
+        let request_log_asked = observability.as_deref().is_some_and(|raw| {
+            serde_json::from_str::<serde_json::Value>(raw)
+                .ok()
+                .and_then(|v| {
+                    v.get("enableRequestLog")
+                        .and_then(serde_json::Value::as_bool)
+                })
+                == Some(true)
+        });
+        let user_metrics = match observability {
             None => None,
             Some(raw) => match observability_prometheus(&raw) {
                 Ok(false) => None,
@@ -303,6 +323,7 @@ impl Config {
             aggressive_probe_interval,
             worker_threads,
             user_metrics,
+            request_log_asked,
             tls,
         })
     }

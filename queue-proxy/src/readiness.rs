@@ -195,8 +195,10 @@ impl Readiness {
 
     async fn run_one(&self, probe: &Probe) -> bool {
         if !probe.aggressive {
+            // As upstream, `successThreshold` only counts in aggressive mode: with a period, the
+            // kubelet itself applies it to the answers.
             return match probe.check.run(probe.timeout).await {
-                Ok(()) => self.succeed(probe),
+                Ok(()) => true,
                 Err(e) => {
                     probe.successes.store(0, Ordering::Relaxed);
                     tracing::debug!(error = %e, "readiness probe failed");
@@ -353,6 +355,21 @@ mod tests {
         assert_eq!(r.probes[0].timeout, Duration::from_secs(2));
         assert!(matches!(r.probes[1].check, Check::Grpc { .. }));
         assert!(Readiness::parse(Some("{"), false, 8080, false, Duration::from_millis(5)).is_err());
+    }
+
+    #[tokio::test]
+    async fn success_threshold_only_counts_in_aggressive_mode() {
+        let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = app.local_addr().unwrap().port();
+        let spec = format!(
+            r#"{{"tcpSocket":{{"port":{port}}},"periodSeconds":1,"timeoutSeconds":1,"successThreshold":3}}"#
+        );
+        let r =
+            Readiness::parse(Some(&spec), false, port, false, Duration::from_millis(5)).unwrap();
+        assert!(
+            r.check().await,
+            "one success is ready when the kubelet keeps the count"
+        );
     }
 
     #[tokio::test]

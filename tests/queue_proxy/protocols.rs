@@ -846,3 +846,30 @@ async fn http1_chunked_request_trailers_reach_the_app() {
         "abc|x-checksum=1234"
     );
 }
+
+#[tokio::test]
+async fn an_upstream_switching_to_another_protocol_is_a_502() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = app.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (mut s, _) = app.accept().await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        let _ = s.read(&mut buf).await;
+        let _ = s
+            .write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: something-else\r\n\r\n")
+            .await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    });
+    let qp = QueueProxy::start(&queue_proxy_env(port));
+    let mut c = tokio::net::TcpStream::connect(qp.addr()).await.unwrap();
+    c.write_all(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = vec![0u8; 1024];
+    let n = within("the proxy's answer", c.read(&mut got))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&got[..n]);
+    assert!(text.starts_with("HTTP/1.1 502"), "{text}");
+}
