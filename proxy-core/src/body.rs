@@ -62,6 +62,12 @@ impl Body {
     }
 }
 
+impl FromBytes for http_body_util::Full<Bytes> {
+    fn from_bytes(bytes: Bytes) -> Self {
+        Self::new(bytes)
+    }
+}
+
 impl FromBytes for Body {
     fn from_bytes(bytes: Bytes) -> Self {
         Self {

@@ -250,20 +250,13 @@ async fn report_stats(
 type Plain = Response<Full<Bytes>>;
 
 fn plain(status: StatusCode, body: &'static str) -> Plain {
-    let mut res = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-    *res.status_mut() = status;
-    if !body.is_empty() {
-        // Shaped like Go's `http.Error`.
-        res.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        res.headers_mut().insert(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        );
+    if body.is_empty() {
+        let mut res = Response::new(Full::new(Bytes::new()));
+        *res.status_mut() = status;
+        return res;
     }
-    res
+    // Shaped like Go's `http.Error`, as the data path's errors are.
+    proxy_core::edge::text(status, Bytes::from_static(body.as_bytes()))
 }
 
 /// A port that answers `GET /metrics` with `render()` as `content_type`, and 404 elsewhere.
