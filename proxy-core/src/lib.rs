@@ -13,8 +13,11 @@
 //! * [`edge`] turns every error into a response in one place and runs upgraded tunnels.
 //! * [`headers`] holds Knative's header vocabulary: probe classification and the `Forwarded` shim.
 //! * [`probe`] checks a backend's readiness over TCP, HTTP or gRPC health.
+//! * [`log`] writes Knative's JSON log lines.
 //! * [`runtime`] sizes the Tokio runtime from the cgroup CPU limit and raises the open-files limit.
 //! * [`stat`] is the autoscaler's protobuf wire format.
+//! * [`throttler`] admits requests to a revision's pods: per-pod concurrency, a bounded wait queue
+//!   released the moment capacity appears, and Knative's load-balancing policies.
 
 pub mod body;
 pub mod breaker;
@@ -24,12 +27,14 @@ pub mod edge;
 pub mod error;
 pub mod h1;
 pub mod headers;
+pub mod log;
 pub mod probe;
 pub mod proxy;
 pub mod runtime;
 pub mod server;
 pub mod stat;
 pub mod stats;
+pub mod throttler;
 pub mod timeout;
 
 pub use error::BoxError;

@@ -102,6 +102,71 @@ impl Check {
     }
 }
 
+/// What a pod's queue-proxy answered to the activator's probe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum QueueProbe {
+    /// `200` with body `queue`: the pod takes traffic.
+    Ready,
+    /// Any other HTTP answer. `maybe_mesh` is set for a 502 or 503, which a service mesh's
+    /// sidecar gives when it intercepts a probe to a pod IP.
+    NotReady {
+        /// The status received.
+        status: StatusCode,
+        /// Whether the status could have come from a mesh.
+        maybe_mesh: bool,
+    },
+}
+
+/// Probes the queue-proxy at `addr` as the activator does: `GET /healthz` with
+/// `K-Network-Probe: queue` and `User-Agent: Knative-Activator-Probe`, plus `extra` headers
+/// (the mesh's `Host` and `K-Passthrough-Lb`). A transport failure or `timeout` is an error.
+pub async fn queue(
+    addr: SocketAddr,
+    extra: &[(HeaderName, HeaderValue)],
+    timeout: Duration,
+) -> Result<QueueProbe, ProbeError> {
+    let run = async {
+        let io = TokioIo::new(connect(addr).await?);
+        let (mut tx, conn) = http1::handshake(io)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        tokio::spawn(conn);
+        let mut req = Request::get("/healthz")
+            .header(header::HOST, addr.to_string())
+            .header(header::USER_AGENT, crate::headers::ACTIVATOR_UA)
+            .header(crate::headers::K_NETWORK_PROBE, "queue")
+            .header(header::CONNECTION, "close")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| fail(format!("bad probe request: {e}")))?;
+        for (k, v) in extra {
+            req.headers_mut().insert(k.clone(), v.clone());
+        }
+        let res = tx
+            .send_request(req)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let status = res.status();
+        // Small bound: a queue-proxy answers five bytes; anything long is not one.
+        let body = http_body_util::Limited::new(res.into_body(), 64)
+            .collect()
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .to_bytes();
+        Ok(if status == StatusCode::OK && body.as_ref() == b"queue" {
+            QueueProbe::Ready
+        } else {
+            QueueProbe::NotReady {
+                status,
+                maybe_mesh: matches!(status.as_u16(), 502 | 503),
+            }
+        })
+    };
+    match tokio::time::timeout(timeout, run).await {
+        Ok(r) => r,
+        Err(_) => Err(fail(format!("probe timed out after {timeout:?}"))),
+    }
+}
+
 async fn connect(addr: SocketAddr) -> Result<TcpStream, ProbeError> {
     let s = TcpStream::connect(addr)
         .await

@@ -21,7 +21,7 @@ use tower::Service;
 use crate::{
     BoxError,
     body::Body,
-    client::{Client, Protocol},
+    client::{Client, Connection, Protocol},
     error::Upstream,
     h1::RawUpgrade,
     headers,
@@ -154,13 +154,24 @@ pub fn peer_value(peer: IpAddr) -> HeaderValue {
 
 /// Sends a prepared request and shapes the upstream's response for the client.
 pub async fn forward(client: &Client, prepared: Prepared) -> Result<Response<Body>, Upstream> {
+    let conn = client.checkout(prepared.protocol).await?;
+    forward_on(conn, client, prepared).await
+}
+
+/// [`forward`] on a connection already checked out of `client` for `prepared.protocol`. Checking
+/// out first lets a caller try another upstream when no connection could be made, before any
+/// byte of the request was sent.
+pub async fn forward_on(
+    conn: Connection,
+    client: &Client,
+    prepared: Prepared,
+) -> Result<Response<Body>, Upstream> {
     let Prepared {
         request,
-        protocol,
+        protocol: _,
         upgrade,
         upgrade_to,
     } = prepared;
-    let conn = client.checkout(protocol).await?;
     let mut exchange = conn.send(request, client).await?;
     let res = &mut exchange.response;
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {

@@ -53,7 +53,8 @@ pub struct TunnelDeadline(pub Instant);
 
 // === Layer ===
 
-/// Applies [`Timeouts`] to every request. See the [module docs](self).
+/// Applies [`Timeouts`] to every request: those in the request's extensions (a proxy in front of
+/// many revisions puts each one's there), else the layer's. See the [module docs](self).
 #[derive(Clone, Copy, Debug)]
 pub struct TimeoutLayer {
     timeouts: Timeouts,
@@ -99,7 +100,11 @@ where
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let start = Instant::now();
-        let t = self.timeouts;
+        let t = req
+            .extensions()
+            .get::<Timeouts>()
+            .copied()
+            .unwrap_or(self.timeouts);
         let total = start + t.request;
         let mut first = total;
         for d in [t.response_start, t.idle].into_iter().flatten() {

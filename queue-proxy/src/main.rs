@@ -3,14 +3,13 @@
 mod app;
 mod config;
 mod health;
-mod logging;
 mod metrics;
 mod readiness;
 mod tls;
 
 use std::process::ExitCode;
 
-use proxy_core::runtime;
+use proxy_core::{log as logging, runtime};
 
 use crate::config::{Config, Env};
 
@@ -25,6 +24,8 @@ fn main() -> ExitCode {
         }
     };
     logging::init(
+        "queue_proxy",
+        "queueproxy",
         logging::level(&config.logging_level, &config.logging_config),
         format!("{}/{}", config.namespace, config.revision),
         config.pod.clone(),

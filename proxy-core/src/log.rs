@@ -1,4 +1,4 @@
-//! Structured logs shaped like upstream's zap JSON lines.
+//! Structured logs shaped like upstream's zap JSON lines, shared by the binaries.
 
 use std::{fmt, time::SystemTime};
 
@@ -12,6 +12,7 @@ use tracing_subscriber::{
 
 /// Formats each event as one JSON object with Knative's keys.
 struct KnativeJson {
+    logger: &'static str,
     key: String,
     pod: String,
 }
@@ -38,7 +39,7 @@ where
         };
         out.insert("severity".into(), severity.into());
         out.insert("timestamp".into(), rfc3339_now().into());
-        out.insert("logger".into(), "queueproxy".into());
+        out.insert("logger".into(), self.logger.into());
         out.insert(
             "caller".into(),
             event.metadata().module_path().unwrap_or("").into(),
@@ -88,7 +89,7 @@ impl tracing::field::Visit for Fields {
 
 /// The level from `SERVING_LOGGING_LEVEL`, else the `level` of `SERVING_LOGGING_CONFIG`'s zap
 /// JSON, else info. Zap's names map onto tracing's (`dpanic`, `panic` and `fatal` are errors).
-pub(crate) fn level(level: &str, config: &str) -> &'static str {
+pub fn level(level: &str, config: &str) -> &'static str {
     let from_config = serde_json::from_str::<Value>(config)
         .ok()
         .and_then(|v| v.get("level").and_then(Value::as_str).map(str::to_owned));
@@ -105,12 +106,15 @@ pub(crate) fn level(level: &str, config: &str) -> &'static str {
     }
 }
 
-/// Installs the JSON logger on stdout for the revision `key` (`namespace/revision`) and `pod`.
-pub(crate) fn init(level: &str, key: String, pod: String) {
-    let filter = EnvFilter::new(format!("warn,queue_proxy={level},proxy_core={level}"));
+/// Installs the JSON logger on stdout for the binary's crate `target` (`queue_proxy`,
+/// `activator`), the `key` logged with each line (upstream's `knative.dev/key`) and `pod`.
+///
+/// `logger` is upstream's logger name (`queueproxy`, `activator`).
+pub fn init(target: &str, logger: &'static str, level: &str, key: String, pod: String) {
+    let filter = EnvFilter::new(format!("warn,{target}={level},proxy_core={level}"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .event_format(KnativeJson { key, pod })
+        .event_format(KnativeJson { logger, key, pod })
         .with_writer(std::io::stdout)
         .init();
 }

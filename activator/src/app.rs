@@ -1,0 +1,163 @@
+//! Assembles the activator from proxy-core's parts and the chosen source, serves, and drains.
+
+use std::{convert::Infallible, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use proxy_core::{
+    client::ClientConfig,
+    drain::Drain,
+    edge::{EdgeLayer, Texts},
+    server::{self, ConnInfo, Server, ServerConfig},
+};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc,
+};
+use tower::{Layer, service_fn};
+
+use crate::{
+    autoscaler::{self, ConnStats},
+    config::Config,
+    handler::{Activator, Health, Shared},
+    metrics,
+    revisions::{MeshMode, Registry, Settings},
+    source::{Source, file::FileSource, kube::KubeSource},
+};
+
+pub(crate) async fn run(config: Config) -> Result<(), String> {
+    // First, so that a SIGTERM during start-up drains instead of killing the process.
+    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+
+    let (source, mesh, passthrough): (Box<dyn Source>, _, _) = match &config.args.revisions {
+        Some(path) => (Box::new(FileSource::load(path)?), MeshMode::Auto, false),
+        None => {
+            let kube = KubeSource::connect(&config.system_namespace).await?;
+            let (mesh, passthrough) = (kube.mesh, kube.passthrough);
+            (Box::new(kube), mesh, passthrough)
+        }
+    };
+    let registry = Registry::new(
+        Settings {
+            probe_frequency: config.probe_frequency,
+            eager_probe: Duration::from_millis(config.args.eager_probe_ms),
+            probe_timeout: config.probe_timeout,
+            max_pending: config.args.max_pending_requests,
+            client: ClientConfig {
+                max_idle: config.max_idle_per_host,
+                ..ClientConfig::default()
+            },
+            mesh,
+            passthrough,
+            own_ip: config.pod_ip,
+        },
+        config.args.max_pending_total,
+    );
+    let health = Health::new(!config.args.ready_without_autoscaler);
+    let draining = health.clone();
+    let conn = Arc::new(ConnStats::default());
+    let (pokes_tx, pokes) = mpsc::channel(1024);
+    autoscaler::spawn(
+        config.autoscaler_url(),
+        config.pod_name.clone(),
+        registry.clone(),
+        health.clone(),
+        conn.clone(),
+        pokes,
+    );
+    let mut source_task = tokio::spawn(source.run(registry.clone()));
+
+    let drain = Drain::new();
+    let shared = Arc::new(Shared {
+        registry: registry.clone(),
+        health: health.clone(),
+        cluster_domain: config.cluster_domain.clone(),
+        pokes: pokes_tx,
+    });
+    let edge = EdgeLayer::new(
+        drain.clone(),
+        Texts {
+            timeout: "activator request timeout",
+        },
+    );
+    let make = move |info: ConnInfo| edge.layer(Activator::new(shared.clone(), Some(info.remote)));
+
+    let server_config = ServerConfig::default();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (port, key) in [
+        (config.args.http1_port, "ACTIVATOR_HTTP1_PORT"),
+        (config.args.h2c_port, "ACTIVATOR_H2C_PORT"),
+    ] {
+        let listener = bind(port, key)?;
+        tasks.spawn(Server::new(&server_config).serve(listener, make.clone(), drain.clone()));
+    }
+    let metrics_listener = bind(config.args.metrics_port, "ACTIVATOR_METRICS_PORT")?;
+    tasks.spawn(Server::new(&server_config).serve(
+        metrics_listener,
+        move |_| {
+            let (registry, health, conn) = (registry.clone(), health.clone(), conn.clone());
+            service_fn(move |req: Request<Incoming>| {
+                let res = if req.uri().path() == "/metrics" {
+                    let mut res = Response::new(Full::new(Bytes::from(metrics::render(
+                        &registry, &health, &conn,
+                    ))));
+                    res.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                    );
+                    res
+                } else {
+                    proxy_core::edge::text(StatusCode::NOT_FOUND, "404 page not found\n")
+                };
+                std::future::ready(Ok::<_, Infallible>(res))
+            })
+        },
+        drain.clone(),
+    ));
+    tracing::info!("activator started");
+
+    tokio::select! {
+        _ = sigterm.recv() => {}
+        _ = sigint.recv() => {}
+        done = &mut source_task => {
+            return Err(match done {
+                Ok(Err(e)) => e,
+                other => format!("the revision source stopped: {other:?}"),
+            });
+        }
+        Some(done) = tasks.join_next() => {
+            return Err(format!("a listener stopped unexpectedly: {done:?}"));
+        }
+    }
+    // As upstream: fail readiness at once, keep serving while the endpoints change propagates,
+    // then stop accepting and let what is in flight finish, websockets included.
+    tracing::info!(
+        seconds = config.args.drain_seconds,
+        "received TERM signal, draining"
+    );
+    draining.start_draining();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = sigterm.recv() => {}
+            _ = sigint.recv() => {}
+        }
+        // A second signal means now.
+        std::process::exit(1);
+    });
+    tokio::time::sleep(Duration::from_secs(config.args.drain_seconds)).await;
+    drain.start();
+    drain.idle().await;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+fn bind(port: u16, key: &str) -> Result<tokio::net::TcpListener, String> {
+    let listener =
+        server::bind_any(port).map_err(|e| format!("{key}: cannot listen on port {port}: {e}"))?;
+    let bound = listener.local_addr().map(|a| a.port()).unwrap_or(port);
+    tracing::info!(port = bound, "listening ({key})");
+    Ok(listener)
+}

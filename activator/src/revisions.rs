@@ -1,0 +1,541 @@
+//! The revisions the activator knows, their throttlers, and the probing that admits their pods.
+//!
+//! Sources (Kubernetes, a file) write into the [`Registry`]; requests read from it. Each revision
+//! has a prober task: it probes every endpoint that is not yet known healthy, and the moment one
+//! passes, the pod goes to the revision's throttler, which releases waiting requests at once.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, RwLock, atomic::AtomicBool},
+    time::Duration,
+};
+
+use http::{HeaderName, HeaderValue};
+use proxy_core::{
+    client::{Client, ClientConfig, Protocol},
+    headers,
+    probe::{self, QueueProbe},
+    stats::RequestStats,
+    throttler::{Pod, QueueLimit, Throttler},
+    timeout::Timeouts,
+};
+use tokio::{
+    sync::{mpsc, watch},
+    task::AbortHandle,
+    time::Instant,
+};
+
+/// A revision's namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct RevId {
+    pub(crate) namespace: String,
+    pub(crate) name: String,
+}
+
+impl std::fmt::Display for RevId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// What the activator needs to know about a revision.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct RevisionSpec {
+    /// containerConcurrency; 0 is unlimited.
+    pub(crate) container_concurrency: usize,
+    pub(crate) timeouts: Timeouts,
+    /// The protocol its pods speak (their port is named `http` or `http2`).
+    pub(crate) protocol: Protocol,
+    /// Whether a pod may take traffic once its queue-proxy answers, before Kubernetes calls it
+    /// ready (off when the revision has an exec readiness probe or a startup probe).
+    pub(crate) probe_optimisation: bool,
+}
+
+impl Default for RevisionSpec {
+    fn default() -> Self {
+        Self {
+            container_concurrency: 0,
+            timeouts: Timeouts::default(),
+            protocol: Protocol::Http1,
+            probe_optimisation: true,
+        }
+    }
+}
+
+/// A revision's endpoints as its private service lists them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Endpoints {
+    pub(crate) ready: Vec<SocketAddr>,
+    pub(crate) not_ready: Vec<SocketAddr>,
+}
+
+/// How pods are reached, from `config-network`'s `mesh-compatibility-mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub(crate) enum MeshMode {
+    /// Probe every pod before use (upstream's `auto`, without its sticky ClusterIP fallback).
+    #[default]
+    Auto,
+    /// Trust pods Kubernetes calls ready without probing them; probe only the others.
+    Disabled,
+}
+
+/// Settings shared by every revision.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    pub(crate) probe_frequency: Duration,
+    pub(crate) eager_probe: Duration,
+    pub(crate) probe_timeout: Duration,
+    pub(crate) max_pending: usize,
+    pub(crate) client: ClientConfig,
+    pub(crate) mesh: MeshMode,
+    /// Send `Host: <rev>-private.<ns>` and `K-Passthrough-Lb: true` (mesh pod addressability).
+    pub(crate) passthrough: bool,
+    /// This activator's IP, to find its place among a revision's activators.
+    #[allow(dead_code)] // until the Kubernetes source lands
+    pub(crate) own_ip: Option<IpAddr>,
+}
+
+/// One revision. Requests hold it while they run; the registry drops it when the source does.
+pub(crate) struct Revision {
+    pub(crate) id: RevId,
+    spec: watch::Sender<Option<RevisionSpec>>,
+    pub(crate) throttler: Arc<Throttler>,
+    pub(crate) stats: Arc<RequestStats>,
+    /// Whether the autoscaler has heard of activity since the revision was last idle.
+    pub(crate) reporting: AtomicBool,
+    /// `<rev>-private.<ns>`, the `Host` sent with passthrough load balancing.
+    pub(crate) private_host: HeaderValue,
+    endpoints: watch::Sender<Endpoints>,
+    recheck: mpsc::UnboundedSender<SocketAddr>,
+    prober: AbortHandle,
+}
+
+impl std::fmt::Debug for Revision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Revision")
+            .field("id", &self.id)
+            .field("throttler", &self.throttler)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Revision {
+    fn drop(&mut self) {
+        self.prober.abort();
+    }
+}
+
+impl Revision {
+    /// Its current spec; `None` until the source has seen the revision itself.
+    pub(crate) fn spec(&self) -> Option<RevisionSpec> {
+        *self.spec.borrow()
+    }
+
+    /// Asks for the pod at `addr` to be probed again, e.g. after a connection to it failed.
+    pub(crate) fn recheck(&self, addr: SocketAddr) {
+        let _ = self.recheck.send(addr);
+    }
+}
+
+/// Every known revision. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Registry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    // namespace → name → revision: looked up per request with borrowed header values.
+    revisions: RwLock<HashMap<String, HashMap<String, Arc<Revision>>>>,
+    settings: Settings,
+    total: Arc<QueueLimit>,
+}
+
+impl Registry {
+    pub(crate) fn new(settings: Settings, max_pending_total: usize) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                revisions: RwLock::new(HashMap::new()),
+                settings,
+                total: QueueLimit::new(max_pending_total),
+            }),
+        }
+    }
+
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// Requests waiting across all revisions.
+    pub(crate) fn waiting_total(&self) -> usize {
+        self.inner.total.waiting()
+    }
+
+    /// The revision, if the source has seen it.
+    pub(crate) fn get(&self, namespace: &str, name: &str) -> Option<Arc<Revision>> {
+        let map = self
+            .inner
+            .revisions
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        let rev = map.get(namespace)?.get(name)?;
+        rev.spec.borrow().is_some().then(|| rev.clone())
+    }
+
+    /// Every revision, known or only seen through its endpoints so far.
+    pub(crate) fn all(&self) -> Vec<Arc<Revision>> {
+        let map = self
+            .inner
+            .revisions
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        map.values().flat_map(|m| m.values().cloned()).collect()
+    }
+
+    fn entry(&self, id: &RevId) -> Arc<Revision> {
+        if let Some(rev) = self
+            .inner
+            .revisions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id.namespace)
+            .and_then(|m| m.get(&id.name))
+        {
+            return rev.clone();
+        }
+        let mut map = self
+            .inner
+            .revisions
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        map.entry(id.namespace.clone())
+            .or_default()
+            .entry(id.name.clone())
+            .or_insert_with(|| self.create(id.clone()))
+            .clone()
+    }
+
+    fn create(&self, id: RevId) -> Arc<Revision> {
+        let s = &self.inner.settings;
+        let throttler = Throttler::new(0, s.max_pending, self.inner.total.clone());
+        let (endpoints, endpoints_rx) = watch::channel(Endpoints::default());
+        let (recheck, recheck_rx) = mpsc::unbounded_channel();
+        let (spec, spec_rx) = watch::channel(None);
+        let private_host = HeaderValue::try_from(format!("{}-private.{}", id.name, id.namespace))
+            .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+        let prober = tokio::spawn(
+            Prober {
+                throttler: throttler.clone(),
+                settings: s.clone(),
+                extra: if s.passthrough {
+                    vec![
+                        (http::header::HOST, private_host.clone()),
+                        (headers::K_PASSTHROUGH_LB, HeaderValue::from_static("true")),
+                    ]
+                } else {
+                    Vec::new()
+                },
+                dests: HashMap::new(),
+                spec: spec_rx,
+            }
+            .run(endpoints_rx, recheck_rx),
+        )
+        .abort_handle();
+        Arc::new(Revision {
+            id,
+            spec,
+            throttler,
+            stats: RequestStats::new(Instant::now()),
+            reporting: AtomicBool::new(false),
+            private_host,
+            endpoints,
+            recheck,
+            prober,
+        })
+    }
+
+    /// Adds or updates a revision.
+    pub(crate) fn upsert(&self, id: &RevId, spec: RevisionSpec) {
+        let rev = self.entry(id);
+        rev.throttler.set_cc(spec.container_concurrency);
+        rev.spec.send_replace(Some(spec));
+    }
+
+    /// Forgets a revision; its requests get 404 from now on.
+    pub(crate) fn remove(&self, id: &RevId) {
+        let mut map = self
+            .inner
+            .revisions
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = map.get_mut(&id.namespace) {
+            m.remove(&id.name);
+            if m.is_empty() {
+                map.remove(&id.namespace);
+            }
+        }
+    }
+
+    /// Replaces a revision's endpoints.
+    pub(crate) fn set_endpoints(&self, id: &RevId, endpoints: Endpoints) {
+        self.entry(id).endpoints.send_if_modified(|old| {
+            let changed = *old != endpoints;
+            *old = endpoints;
+            changed
+        });
+    }
+
+    /// The activators in front of a revision (the ready IPs of its public endpoints). When this
+    /// activator is among them, it uses only its share of the pods.
+    #[allow(dead_code)] // until the Kubernetes source lands
+    pub(crate) fn set_activators(&self, id: &RevId, mut ips: Vec<IpAddr>) {
+        let Some(own) = self.inner.settings.own_ip else {
+            return;
+        };
+        // As upstream: sorted as strings; an update without us leaves the last known place.
+        let mut texts: Vec<String> = ips.drain(..).map(|ip| ip.to_string()).collect();
+        texts.sort();
+        texts.dedup();
+        if let Some(index) = texts.iter().position(|t| *t == own.to_string()) {
+            self.entry(id)
+                .throttler
+                .set_subset(Some((index, texts.len())));
+        }
+    }
+}
+
+/// One endpoint as the prober tracks it.
+struct Dest {
+    pod: Arc<Pod>,
+    k8s_ready: bool,
+    healthy: bool,
+    probing: bool,
+    last_probe: Option<Instant>,
+}
+
+struct Prober {
+    throttler: Arc<Throttler>,
+    settings: Settings,
+    extra: Vec<(HeaderName, HeaderValue)>,
+    dests: HashMap<SocketAddr, Dest>,
+    spec: watch::Receiver<Option<RevisionSpec>>,
+}
+
+impl Prober {
+    async fn run(
+        mut self,
+        mut endpoints: watch::Receiver<Endpoints>,
+        mut recheck: mpsc::UnboundedReceiver<SocketAddr>,
+    ) {
+        let (done_tx, mut done) = mpsc::unbounded_channel::<(SocketAddr, bool)>();
+        loop {
+            let next = self.start_probes(&done_tx);
+            tokio::select! {
+                changed = endpoints.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let eps = endpoints.borrow_and_update().clone();
+                    self.apply(eps);
+                }
+                Some(addr) = recheck.recv() => {
+                    if let Some(d) = self.dests.get_mut(&addr)
+                        && d.healthy
+                    {
+                        d.healthy = false;
+                        d.last_probe = None;
+                        self.publish();
+                    }
+                }
+                Some((addr, passed)) = done.recv() => {
+                    let optimise = self.spec.borrow().is_none_or(|s| s.probe_optimisation);
+                    if let Some(d) = self.dests.get_mut(&addr) {
+                        d.probing = false;
+                        if passed && (d.k8s_ready || optimise) && !d.healthy {
+                            d.healthy = true;
+                            self.publish();
+                        }
+                    }
+                }
+                Ok(()) = self.spec.changed() => {}
+                // Someone started waiting: probe at the eager pace from now on.
+                () = self.throttler.demand() => {}
+                () = sleep_until_opt(next) => {}
+            }
+        }
+    }
+
+    /// Probes every endpoint that is due; returns when the next one falls due.
+    fn start_probes(
+        &mut self,
+        done: &mpsc::UnboundedSender<(SocketAddr, bool)>,
+    ) -> Option<Instant> {
+        let now = Instant::now();
+        let interval = if self.throttler.waiting() > 0 {
+            self.settings.eager_probe
+        } else {
+            self.settings.probe_frequency
+        };
+        let mut next: Option<Instant> = None;
+        for (addr, d) in &mut self.dests {
+            if d.healthy || d.probing {
+                continue;
+            }
+            let due = d.last_probe.map_or(now, |t| t + interval);
+            if due > now {
+                next = Some(next.map_or(due, |n| n.min(due)));
+                continue;
+            }
+            d.probing = true;
+            d.last_probe = Some(now);
+            let (addr, timeout, extra, done) = (
+                *addr,
+                self.settings.probe_timeout,
+                self.extra.clone(),
+                done.clone(),
+            );
+            tokio::spawn(async move {
+                let passed = match probe::queue(addr, &extra, timeout).await {
+                    Ok(QueueProbe::Ready) => true,
+                    Ok(QueueProbe::NotReady { status, .. }) => {
+                        tracing::debug!(%addr, %status, "pod not ready yet");
+                        false
+                    }
+                    Err(e) => {
+                        tracing::debug!(%addr, error = %e, "pod probe failed");
+                        false
+                    }
+                };
+                let _ = done.send((addr, passed));
+            });
+        }
+        // A probe in flight reports back through `done`; nothing else to wait for.
+        next
+    }
+
+    fn apply(&mut self, eps: Endpoints) {
+        let trust_ready = self.settings.mesh == MeshMode::Disabled;
+        let mut seen = HashSet::new();
+        let mut changed = false;
+        for (addrs, ready) in [(&eps.ready, true), (&eps.not_ready, false)] {
+            for &addr in addrs {
+                if !seen.insert(addr) {
+                    continue;
+                }
+                let d = self.dests.entry(addr).or_insert_with(|| Dest {
+                    pod: Pod::new(addr, Client::new(addr, self.settings.client.clone())),
+                    k8s_ready: ready,
+                    healthy: false,
+                    probing: false,
+                    last_probe: None,
+                });
+                if d.k8s_ready && !ready && d.healthy {
+                    // Kubernetes took it out of rotation (e.g. terminating): check it again.
+                    d.healthy = false;
+                    d.last_probe = None;
+                    changed = true;
+                }
+                d.k8s_ready = ready;
+                if trust_ready && ready && !d.healthy {
+                    d.healthy = true;
+                    changed = true;
+                }
+            }
+        }
+        let before = self.dests.len();
+        self.dests.retain(|addr, _| seen.contains(addr));
+        if changed || before != self.dests.len() {
+            self.publish();
+        }
+    }
+
+    fn publish(&self) {
+        let pods = self
+            .dests
+            .values()
+            .filter(|d| d.healthy)
+            .map(|d| d.pod.clone())
+            .collect();
+        self.throttler.set_pods(pods);
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry(own_ip: Option<IpAddr>) -> Registry {
+        Registry::new(
+            Settings {
+                probe_frequency: Duration::from_millis(200),
+                eager_probe: Duration::from_millis(2),
+                probe_timeout: Duration::from_millis(300),
+                max_pending: 10,
+                client: ClientConfig::default(),
+                mesh: MeshMode::Auto,
+                passthrough: false,
+                own_ip,
+            },
+            100,
+        )
+    }
+
+    fn pod(i: u8) -> Arc<Pod> {
+        let addr = SocketAddr::from(([10, 1, 0, i], 8012));
+        Pod::new(addr, Client::new(addr, ClientConfig::default()))
+    }
+
+    #[tokio::test]
+    async fn a_revision_is_found_only_once_its_spec_is_known() {
+        let r = registry(None);
+        let id = RevId {
+            namespace: "ns".into(),
+            name: "rev".into(),
+        };
+        r.set_endpoints(&id, Endpoints::default());
+        assert!(r.get("ns", "rev").is_none());
+        r.upsert(&id, RevisionSpec::default());
+        assert!(r.get("ns", "rev").is_some());
+        r.remove(&id);
+        assert!(r.get("ns", "rev").is_none());
+        assert!(r.all().is_empty());
+    }
+
+    #[tokio::test]
+    async fn this_activators_place_selects_its_share_of_pods() {
+        let r = registry(Some("10.0.0.2".parse().unwrap()));
+        let id = RevId {
+            namespace: "ns".into(),
+            name: "rev".into(),
+        };
+        r.upsert(
+            &id,
+            RevisionSpec {
+                container_concurrency: 1,
+                ..RevisionSpec::default()
+            },
+        );
+        let rev = r.get("ns", "rev").unwrap();
+        rev.throttler.set_pods(vec![pod(1), pod(2), pod(3)]);
+        // Not among them: every pod stays in use.
+        r.set_activators(&id, vec!["10.0.0.9".parse().unwrap()]);
+        assert_eq!(rev.throttler.pods().len(), 3);
+        r.set_activators(
+            &id,
+            ["10.0.0.3", "10.0.0.2", "10.0.0.1"]
+                .iter()
+                .map(|s| s.parse().unwrap())
+                .collect(),
+        );
+        let pods = rev.throttler.pods();
+        assert_eq!(pods.len(), 1);
+        assert_eq!(pods[0].addr(), SocketAddr::from(([10, 1, 0, 2], 8012)));
+    }
+}
