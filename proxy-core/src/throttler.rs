@@ -513,7 +513,6 @@ mod tests {
             let mut d = Box::pin(t.acquire());
             assert!(poll_once(d.as_mut()).is_ready(), "still full");
         }
-        let _ = a;
         t.set_pods(vec![pod(1)]);
         assert!(poll_once(b.as_mut()).is_pending(), "b queued behind a");
     }
