@@ -54,8 +54,9 @@ pub fn binary(name: &str) -> PathBuf {
             "--quiet",
             "-p",
             "queue-proxy",
-            "--bin",
-            "queue-proxy",
+            "-p",
+            "activator",
+            "--bins",
         ]);
         if !cfg!(debug_assertions) {
             cmd.arg("--release");
@@ -95,25 +96,50 @@ pub fn queue_proxy_env(user_port: u16) -> HashMap<String, String> {
 }
 
 /// A running queue-proxy process. Killed when dropped.
-pub struct QueueProxy {
+pub type QueueProxy = Process;
+
+/// A running binary of the workspace. Killed when dropped.
+pub struct Process {
     child: Child,
     ports: HashMap<String, u16>,
     logs: Arc<Mutex<Vec<String>>>,
 }
 
-impl QueueProxy {
-    /// Starts the binary with exactly `env` (nothing inherited but `PATH`) and waits until every
-    /// listener has logged its port.
+impl Process {
+    /// Starts the queue-proxy with exactly `env` (nothing inherited but `PATH`) and waits until
+    /// every listener has logged its port.
     pub fn start(env: &HashMap<String, String>) -> Self {
-        let mut cmd = Command::new(binary("queue-proxy"));
-        cmd.env_clear()
+        Self::start_binary(
+            "queue-proxy",
+            &[],
+            env,
+            &[
+                "QUEUE_SERVING_PORT",
+                "QUEUE_METRICS_PORT",
+                "QUEUE_ADMIN_PORT",
+            ],
+        )
+    }
+
+    /// Starts the workspace binary `name` with `args` and exactly `env` (nothing inherited but
+    /// `PATH`), and waits until each listener in `expected` has logged its port
+    /// (`listening (KEY)`).
+    pub fn start_binary(
+        name: &str,
+        args: &[&str],
+        env: &HashMap<String, String>,
+        expected: &[&str],
+    ) -> Self {
+        let mut cmd = Command::new(binary(name));
+        cmd.args(args)
+            .env_clear()
             .envs(env)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         if let Some(path) = std::env::var_os("PATH") {
             cmd.env("PATH", path);
         }
-        let mut child = cmd.spawn().expect("spawn queue-proxy");
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
         let stdout = child.stdout.take().unwrap();
         let stderr = child.stderr.take().unwrap();
         let logs = Arc::new(Mutex::new(Vec::new()));
@@ -145,11 +171,6 @@ impl QueueProxy {
             });
         }
         let mut ports = HashMap::new();
-        let expected = [
-            "QUEUE_SERVING_PORT",
-            "QUEUE_METRICS_PORT",
-            "QUEUE_ADMIN_PORT",
-        ];
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while !expected.iter().all(|k| ports.contains_key(*k)) {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -158,7 +179,7 @@ impl QueueProxy {
                     ports.insert(k, p);
                 }
                 Err(_) => panic!(
-                    "queue-proxy did not start; logs:\n{}",
+                    "{name} did not start; logs:\n{}",
                     logs.lock().unwrap().join("\n")
                 ),
             }
@@ -222,7 +243,7 @@ impl QueueProxy {
     }
 }
 
-impl Drop for QueueProxy {
+impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -490,4 +511,161 @@ pub fn start_queue_proxy(app_port: u16, extra: &[(&str, &str)]) -> QueueProxy {
         env.insert((*k).to_owned(), (*v).to_owned());
     }
     QueueProxy::start(&env)
+}
+
+// === activator ===
+
+/// A running activator with the file source. Its revisions file is kept in a temporary
+/// directory that lives as long as it does.
+pub struct Activator {
+    /// The process.
+    pub process: Process,
+    /// The revisions file, for reload tests.
+    pub revisions: PathBuf,
+    _dir: TempDir,
+}
+
+/// A directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// A new, empty directory under the system's temporary directory.
+    pub fn new() -> Self {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "activator-test-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Writes a revisions file atomically (write then rename), as a config-management tool would.
+pub fn write_revisions(path: &std::path::Path, json: &serde_json::Value) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(json).unwrap()).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// One revision entry for a revisions file.
+pub fn revision(name: &str, cc: u32, endpoints: &[SocketAddr]) -> serde_json::Value {
+    serde_json::json!({
+        "namespace": "default",
+        "name": name,
+        "containerConcurrency": cc,
+        "timeoutSeconds": 300,
+        "endpoints": endpoints.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    })
+}
+
+impl Activator {
+    /// Starts the activator on ephemeral ports with `--revisions` holding `revisions` (a JSON
+    /// array of entries, see [`revision`]), extra `args` and `env` on top of a minimal
+    /// environment. The autoscaler URL defaults to a closed port and readiness does not wait for
+    /// it, unless `args` say otherwise.
+    pub fn start(revisions: serde_json::Value, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let dir = TempDir::new();
+        let path = dir.0.join("revisions.json");
+        write_revisions(&path, &serde_json::json!({ "revisions": revisions }));
+        let path_text = path.to_string_lossy().into_owned();
+        let mut all: Vec<&str> = vec![
+            "--revisions",
+            &path_text,
+            "--http1-port",
+            "0",
+            "--h2c-port",
+            "0",
+            "--metrics-port",
+            "0",
+        ];
+        if !args.iter().any(|a| a.starts_with("--autoscaler-url")) {
+            all.extend(["--autoscaler-url", "ws://127.0.0.1:1/"]);
+        }
+        if !args.contains(&"--require-autoscaler") {
+            all.push("--ready-without-autoscaler");
+        }
+        all.extend(
+            args.iter()
+                .copied()
+                .filter(|a| *a != "--require-autoscaler"),
+        );
+        let mut environment: HashMap<String, String> = [
+            ("POD_NAME", "activator-abc"),
+            ("POD_IP", "127.0.0.1"),
+            ("SYSTEM_NAMESPACE", "knative-serving"),
+            ("ACTIVATOR_LOG_LEVEL", "debug"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        for (k, v) in env {
+            environment.insert((*k).to_owned(), (*v).to_owned());
+        }
+        let process = Process::start_binary(
+            "activator",
+            &all,
+            &environment,
+            &[
+                "ACTIVATOR_HTTP1_PORT",
+                "ACTIVATOR_H2C_PORT",
+                "ACTIVATOR_METRICS_PORT",
+            ],
+        );
+        Self {
+            process,
+            revisions: path,
+            _dir: dir,
+        }
+    }
+
+    /// `http://127.0.0.1:<8012 equivalent><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!(
+            "http://127.0.0.1:{}{path}",
+            self.process.port("ACTIVATOR_HTTP1_PORT")
+        )
+    }
+
+    /// `http://127.0.0.1:<8013 equivalent><path>`.
+    pub fn h2c_url(&self, path: &str) -> String {
+        format!(
+            "http://127.0.0.1:{}{path}",
+            self.process.port("ACTIVATOR_H2C_PORT")
+        )
+    }
+
+    /// The metrics page.
+    pub async fn metrics(&self) -> String {
+        get(
+            &format!(
+                "http://127.0.0.1:{}/metrics",
+                self.process.port("ACTIVATOR_METRICS_PORT")
+            ),
+            &[],
+        )
+        .await
+        .text()
+    }
+
+    /// Replaces the revisions file (atomically).
+    pub fn set_revisions(&self, revisions: serde_json::Value) {
+        write_revisions(
+            &self.revisions,
+            &serde_json::json!({ "revisions": revisions }),
+        );
+    }
 }
