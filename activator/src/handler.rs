@@ -169,19 +169,20 @@ impl Service<Request<Incoming>> for Activator {
             req.headers_mut().remove(headers::K_NETWORK_HASH);
         }
 
-        let Some((namespace, name)) = identify(&req, &self.shared.cluster_domain) else {
-            return answer(
-                StatusCode::NOT_FOUND,
-                "Error getting active endpoint: revision.serving.knative.dev \"\" not found\n",
-            );
+        let rev = match identify(&req, &self.shared.cluster_domain) {
+            Some((namespace, name)) => self.shared.registry.get(namespace, name).ok_or(name),
+            None => Err(""),
         };
-        let Some(rev) = self.shared.registry.get(&namespace, &name) else {
-            return answer(
-                StatusCode::NOT_FOUND,
-                format!(
-                    "Error getting active endpoint: revision.serving.knative.dev {name:?} not found\n"
-                ),
-            );
+        let rev = match rev {
+            Ok(rev) => rev,
+            Err(name) => {
+                return answer(
+                    StatusCode::NOT_FOUND,
+                    format!(
+                        "Error getting active endpoint: revision.serving.knative.dev {name:?} not found\n"
+                    ),
+                );
+            }
         };
         let spec = rev.spec().unwrap_or_default();
 
@@ -203,7 +204,7 @@ impl Service<Request<Incoming>> for Activator {
 
 /// The revision a request is for: the revision headers, else a Host of the form
 /// `name.namespace.svc.<cluster domain>`.
-fn identify<B>(req: &Request<B>, cluster_domain: &str) -> Option<(String, String)> {
+fn identify<'a, B>(req: &'a Request<B>, cluster_domain: &str) -> Option<(&'a str, &'a str)> {
     let h = req.headers();
     let ns = find(h, &headers::KNATIVE_SERVING_NAMESPACE).and_then(|v| v.to_str().ok());
     let name = find(h, &headers::KNATIVE_SERVING_REVISION).and_then(|v| v.to_str().ok());
@@ -211,7 +212,7 @@ fn identify<B>(req: &Request<B>, cluster_domain: &str) -> Option<(String, String
         && !ns.is_empty()
         && !name.is_empty()
     {
-        return Some((ns.to_owned(), name.to_owned()));
+        return Some((ns, name));
     }
     let host = find(h, &header::HOST)
         .and_then(|v| v.to_str().ok())
@@ -222,7 +223,7 @@ fn identify<B>(req: &Request<B>, cluster_domain: &str) -> Option<(String, String
         Some((d, port)) if port.bytes().all(|b| b.is_ascii_digit()) => d,
         _ => domain,
     };
-    (svc == "svc" && domain == cluster_domain).then(|| (ns.to_owned(), name.to_owned()))
+    (svc == "svc" && domain == cluster_domain).then_some((ns, name))
 }
 
 /// Waits for a pod and forwards to it.
@@ -268,7 +269,9 @@ impl Service<Request<Incoming>> for Activate {
                 aim(&mut p, &addr, passthrough.then_some(&rev.private_host));
                 match pod.client().checkout(p.protocol).await {
                     Ok(conn) => {
-                        let res = proxy::forward_on(conn, pod.client(), p).await?;
+                        // Boxed: the exchange's state is large, and a waiting request (all of
+                        // them, in a cold start) should not carry it.
+                        let res = Box::pin(proxy::forward_on(conn, pod.client(), p)).await?;
                         return Ok(res.map(|b| Guarded::new(b, lease)));
                     }
                     Err(e) if e.before_send => {
@@ -365,11 +368,11 @@ mod tests {
         let d = "cluster.local";
         assert_eq!(
             identify(&req("x", Some("ns"), Some("r")), d),
-            Some(("ns".into(), "r".into()))
+            Some(("ns", "r"))
         );
         assert_eq!(
             identify(&req("r-1.ns.svc.cluster.local:80", Some(""), Some("r")), d),
-            Some(("ns".into(), "r-1".into()))
+            Some(("ns", "r-1"))
         );
         assert_eq!(identify(&req("r-1.ns.svc.other.org", None, None), d), None);
         assert_eq!(identify(&req("r-1.ns.example.com", None, None), d), None);

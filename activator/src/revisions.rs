@@ -78,6 +78,9 @@ pub(crate) enum MeshMode {
     Auto,
     /// Trust pods Kubernetes calls ready without probing them; probe only the others.
     Disabled,
+    /// Never address pods: send everything to the private service's ClusterIP, sized by the
+    /// pods Kubernetes calls ready.
+    Enabled,
 }
 
 /// Settings shared by every revision.
@@ -107,6 +110,8 @@ pub(crate) struct Revision {
     /// `<rev>-private.<ns>`, the `Host` sent with passthrough load balancing.
     pub(crate) private_host: HeaderValue,
     endpoints: watch::Sender<Endpoints>,
+    #[allow(dead_code)] // until the Kubernetes source watches Services
+    private_service: watch::Sender<Option<SocketAddr>>,
     recheck: mpsc::UnboundedSender<SocketAddr>,
     prober: AbortHandle,
 }
@@ -221,6 +226,7 @@ impl Registry {
         let (endpoints, endpoints_rx) = watch::channel(Endpoints::default());
         let (recheck, recheck_rx) = mpsc::unbounded_channel();
         let (spec, spec_rx) = watch::channel(None);
+        let (private_service, private_rx) = watch::channel(None);
         let private_host = HeaderValue::try_from(format!("{}-private.{}", id.name, id.namespace))
             .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
         let prober = tokio::spawn(
@@ -237,8 +243,9 @@ impl Registry {
                 },
                 dests: HashMap::new(),
                 spec: spec_rx,
+                cluster: None,
             }
-            .run(endpoints_rx, recheck_rx),
+            .run(endpoints_rx, private_rx, recheck_rx),
         )
         .abort_handle();
         Arc::new(Revision {
@@ -249,6 +256,7 @@ impl Registry {
             reporting: AtomicBool::new(false),
             private_host,
             endpoints,
+            private_service,
             recheck,
             prober,
         })
@@ -281,6 +289,16 @@ impl Registry {
         self.entry(id).endpoints.send_if_modified(|old| {
             let changed = *old != endpoints;
             *old = endpoints;
+            changed
+        });
+    }
+
+    /// The `ClusterIP:port` of a revision's private service (used in mesh mode `enabled`).
+    #[allow(dead_code)] // until the Kubernetes source watches Services
+    pub(crate) fn set_private_service(&self, id: &RevId, addr: Option<SocketAddr>) {
+        self.entry(id).private_service.send_if_modified(|old| {
+            let changed = *old != addr;
+            *old = addr;
             changed
         });
     }
@@ -319,12 +337,15 @@ struct Prober {
     extra: Vec<(HeaderName, HeaderValue)>,
     dests: HashMap<SocketAddr, Dest>,
     spec: watch::Receiver<Option<RevisionSpec>>,
+    /// The private service's destination, in mesh mode `enabled`.
+    cluster: Option<Arc<Pod>>,
 }
 
 impl Prober {
     async fn run(
         mut self,
         mut endpoints: watch::Receiver<Endpoints>,
+        mut private: watch::Receiver<Option<SocketAddr>>,
         mut recheck: mpsc::UnboundedReceiver<SocketAddr>,
     ) {
         let (done_tx, mut done) = mpsc::unbounded_channel::<(SocketAddr, bool)>();
@@ -358,6 +379,14 @@ impl Prober {
                     }
                 }
                 Ok(()) = self.spec.changed() => {}
+                Ok(()) = private.changed() => {
+                    let addr = *private.borrow_and_update();
+                    self.cluster = addr.map(|a| match &self.cluster {
+                        Some(p) if p.addr() == a => p.clone(),
+                        _ => Pod::new(a, Client::new(a, self.settings.client.clone())),
+                    });
+                    self.publish();
+                }
                 // Someone started waiting: probe at the eager pace from now on.
                 () = self.throttler.demand() => {}
                 () = sleep_until_opt(next) => {}
@@ -370,6 +399,9 @@ impl Prober {
         &mut self,
         done: &mpsc::UnboundedSender<(SocketAddr, bool)>,
     ) -> Option<Instant> {
+        if self.settings.mesh == MeshMode::Enabled {
+            return None;
+        }
         let now = Instant::now();
         let interval = if self.throttler.waiting() > 0 {
             self.settings.eager_probe
@@ -444,12 +476,18 @@ impl Prober {
         }
         let before = self.dests.len();
         self.dests.retain(|addr, _| seen.contains(addr));
-        if changed || before != self.dests.len() {
+        if changed || before != self.dests.len() || self.settings.mesh == MeshMode::Enabled {
             self.publish();
         }
     }
 
     fn publish(&self) {
+        if self.settings.mesh == MeshMode::Enabled {
+            let ready = self.dests.values().filter(|d| d.k8s_ready).count();
+            self.throttler
+                .set_cluster_ip(self.cluster.clone().map(|p| (p, ready)));
+            return;
+        }
         let pods = self
             .dests
             .values()
@@ -472,6 +510,10 @@ mod tests {
     use super::*;
 
     fn registry(own_ip: Option<IpAddr>) -> Registry {
+        registry_with(own_ip, MeshMode::Auto)
+    }
+
+    fn registry_with(own_ip: Option<IpAddr>, mesh: MeshMode) -> Registry {
         Registry::new(
             Settings {
                 probe_frequency: Duration::from_millis(200),
@@ -479,7 +521,7 @@ mod tests {
                 probe_timeout: Duration::from_millis(300),
                 max_pending: 10,
                 client: ClientConfig::default(),
-                mesh: MeshMode::Auto,
+                mesh,
                 passthrough: false,
                 own_ip,
             },
@@ -537,5 +579,42 @@ mod tests {
         let pods = rev.throttler.pods();
         assert_eq!(pods.len(), 1);
         assert_eq!(pods[0].addr(), SocketAddr::from(([10, 1, 0, 2], 8012)));
+    }
+
+    #[tokio::test]
+    async fn mesh_mode_enabled_routes_through_the_cluster_ip_sized_by_ready_pods() {
+        let r = registry_with(None, MeshMode::Enabled);
+        let id = RevId {
+            namespace: "ns".into(),
+            name: "rev".into(),
+        };
+        r.upsert(
+            &id,
+            RevisionSpec {
+                container_concurrency: 2,
+                ..RevisionSpec::default()
+            },
+        );
+        let ep = |i: u8| SocketAddr::from(([10, 1, 0, i], 8012));
+        r.set_endpoints(
+            &id,
+            Endpoints {
+                ready: vec![ep(1), ep(2)],
+                not_ready: vec![ep(3)],
+            },
+        );
+        let vip = SocketAddr::from(([10, 96, 0, 7], 80));
+        r.set_private_service(&id, Some(vip));
+        let rev = r.get("ns", "rev").unwrap();
+        for _ in 0..100 {
+            if rev.throttler.capacity() == Some(4) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(rev.throttler.capacity(), Some(4), "cc 2 × 2 ready pods");
+        let pods = rev.throttler.pods();
+        assert_eq!(pods.len(), 1);
+        assert_eq!(pods[0].addr(), vip);
     }
 }

@@ -16,6 +16,10 @@
 //! cc = 0, the first pod with room (in address order) for cc 1–3, and round robin for larger cc.
 //! With several activators in front of a revision and cc > 0, each one uses only its own subset of
 //! the pods ([`Throttler::set_subset`]), so that together they respect cc.
+//!
+//! Behind a service mesh that hides pods, the revision is reached through its private service's
+//! ClusterIP instead ([`Throttler::set_cluster_ip`]): one destination whose limit is cc × ready
+//! pods, shared out among the activators.
 
 use std::{
     collections::VecDeque,
@@ -124,6 +128,11 @@ struct State {
     assigned: Vec<Arc<Pod>>,
     /// This activator's index among `count` activators, once known.
     subset: Option<(usize, usize)>,
+    /// The private service's ClusterIP and how many ready pods stand behind it; when set it is
+    /// the only destination.
+    cluster: Option<(Arc<Pod>, usize)>,
+    /// Leases one assigned pod may hold: cc, or the ClusterIP's share; 0 is unlimited.
+    limit: usize,
     next: usize,
     rng: u64,
     waiters: VecDeque<oneshot::Sender<Lease>>,
@@ -151,6 +160,8 @@ impl Throttler {
                 healthy: Vec::new(),
                 assigned: Vec::new(),
                 subset: None,
+                cluster: None,
+                limit: cc,
                 next: 0,
                 rng: seed,
                 waiters: VecDeque::new(),
@@ -187,10 +198,10 @@ impl Throttler {
     /// with at least one pod).
     pub fn capacity(&self) -> Option<usize> {
         let st = self.lock();
-        match st.cc {
-            0 if st.assigned.is_empty() => Some(0),
+        match st.limit {
+            _ if st.assigned.is_empty() => Some(0),
             0 => None,
-            cc => Some(cc * st.assigned.len()),
+            limit => Some(limit * st.assigned.len()),
         }
     }
 
@@ -267,6 +278,15 @@ impl Throttler {
     pub fn set_subset(self: &Arc<Self>, subset: Option<(usize, usize)>) {
         let mut st = self.lock();
         st.subset = subset;
+        assign(&mut st);
+        self.dispatch(&mut st);
+    }
+
+    /// Routes every request through the private service's ClusterIP (`Some(pod, ready pods)`),
+    /// or back to the pods (`None`).
+    pub fn set_cluster_ip(self: &Arc<Self>, cluster: Option<(Arc<Pod>, usize)>) {
+        let mut st = self.lock();
+        st.cluster = cluster;
         assign(&mut st);
         self.dispatch(&mut st);
     }
@@ -354,8 +374,25 @@ impl Drop for Lease {
     }
 }
 
-/// Recomputes the pods this process may use.
+/// Recomputes the pods this process may use and what each may carry.
 fn assign(st: &mut State) {
+    if let Some((ip, ready)) = &st.cluster {
+        // As upstream: no pod-level accounting is possible behind a ClusterIP, so the revision's
+        // total is divided among the activators.
+        let activators = st.subset.map_or(1, |(_, count)| count.max(1));
+        st.assigned = if *ready > 0 {
+            vec![ip.clone()]
+        } else {
+            Vec::new()
+        };
+        st.limit = if st.cc == 0 {
+            0
+        } else {
+            (st.cc * ready / activators).max(1)
+        };
+        return;
+    }
+    st.limit = st.cc;
     st.assigned = match st.subset {
         Some((index, count)) if st.cc > 0 => subset(&st.healthy, index, count).to_vec(),
         _ => st.healthy.clone(),
@@ -387,7 +424,7 @@ fn pick(st: &mut State) -> Option<Arc<Pod>> {
     if n == 0 {
         return None;
     }
-    let cc = st.cc;
+    let cc = st.limit;
     let chosen = if cc == 0 {
         // Power of two choices by in-flight count, ties broken at random.
         let (a, b) = if n == 1 {
@@ -588,6 +625,26 @@ mod tests {
         assert_eq!(sizes, vec![7, 7, 6]);
         assert_eq!(subset(&pods[..2], 2, 3), vec![0]);
         assert_eq!(subset(&pods, 0, 1).len(), 20);
+    }
+
+    #[tokio::test]
+    async fn a_cluster_ip_carries_the_revisions_share() {
+        let t = throttler(2, 10);
+        t.set_subset(Some((0, 2)));
+        t.set_pods(vec![pod(1), pod(2)]);
+        t.set_cluster_ip(Some((pod(9), 3)));
+        // cc 2 × 3 ready pods, shared by 2 activators.
+        assert_eq!(t.capacity(), Some(3));
+        let leases = futures(&t, 3).await;
+        assert!(
+            leases
+                .iter()
+                .all(|l| l.pod().addr().ip().to_string() == "127.0.0.9")
+        );
+        let mut more = pin!(t.acquire());
+        assert!(poll_once(more.as_mut()).is_pending());
+        t.set_cluster_ip(None);
+        assert!(poll_once(more.as_mut()).is_ready(), "back to the pods");
     }
 
     #[tokio::test(start_paused = true)]
