@@ -69,6 +69,20 @@ pub(crate) async fn run(config: Config) -> Result<(), String> {
         pokes,
     );
     let mut source_task = tokio::spawn(source.run(registry.clone()));
+    // As upstream waits for its informers: serving before the first full list would answer 404
+    // for revisions that exist.
+    tokio::select! {
+        () = registry.synced() => {}
+        done = &mut source_task => {
+            return Err(match done {
+                Ok(Err(e)) => e,
+                other => format!("the revision source stopped: {other:?}"),
+            });
+        }
+        _ = sigterm.recv() => return Ok(()),
+        _ = sigint.recv() => return Ok(()),
+    }
+    tracing::info!("revisions synced");
 
     let drain = Drain::new();
     let shared = Arc::new(Shared {

@@ -95,7 +95,6 @@ pub(crate) struct Settings {
     /// Send `Host: <rev>-private.<ns>` and `K-Passthrough-Lb: true` (mesh pod addressability).
     pub(crate) passthrough: bool,
     /// This activator's IP, to find its place among a revision's activators.
-    #[allow(dead_code)] // until the Kubernetes source lands
     pub(crate) own_ip: Option<IpAddr>,
 }
 
@@ -110,7 +109,6 @@ pub(crate) struct Revision {
     /// `<rev>-private.<ns>`, the `Host` sent with passthrough load balancing.
     pub(crate) private_host: HeaderValue,
     endpoints: watch::Sender<Endpoints>,
-    #[allow(dead_code)] // until the Kubernetes source watches Services
     private_service: watch::Sender<Option<SocketAddr>>,
     recheck: mpsc::UnboundedSender<SocketAddr>,
     prober: AbortHandle,
@@ -154,6 +152,8 @@ struct Inner {
     revisions: RwLock<HashMap<String, HashMap<String, Arc<Revision>>>>,
     settings: Settings,
     total: Arc<QueueLimit>,
+    /// Set once the source has listed everything at least once.
+    synced: watch::Sender<bool>,
 }
 
 impl Registry {
@@ -163,8 +163,22 @@ impl Registry {
                 revisions: RwLock::new(HashMap::new()),
                 settings,
                 total: QueueLimit::new(max_pending_total),
+                synced: watch::channel(false).0,
             }),
         }
+    }
+
+    /// The source has listed everything once: a revision it knows will now be found.
+    pub(crate) fn mark_synced(&self) {
+        self.inner
+            .synced
+            .send_if_modified(|s| !std::mem::replace(s, true));
+    }
+
+    /// Resolves once the source has listed everything.
+    pub(crate) async fn synced(&self) {
+        let mut rx = self.inner.synced.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
     }
 
     pub(crate) fn settings(&self) -> &Settings {
@@ -294,7 +308,6 @@ impl Registry {
     }
 
     /// The `ClusterIP:port` of a revision's private service (used in mesh mode `enabled`).
-    #[allow(dead_code)] // until the Kubernetes source watches Services
     pub(crate) fn set_private_service(&self, id: &RevId, addr: Option<SocketAddr>) {
         self.entry(id).private_service.send_if_modified(|old| {
             let changed = *old != addr;
@@ -305,7 +318,6 @@ impl Registry {
 
     /// The activators in front of a revision (the ready IPs of its public endpoints). When this
     /// activator is among them, it uses only its share of the pods.
-    #[allow(dead_code)] // until the Kubernetes source lands
     pub(crate) fn set_activators(&self, id: &RevId, mut ips: Vec<IpAddr>) {
         let Some(own) = self.inner.settings.own_ip else {
             return;

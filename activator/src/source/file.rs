@@ -179,6 +179,7 @@ impl Source for FileSource {
             let mut known = HashSet::new();
             tracing::info!(file = %path.display(), revisions = initial.len(), "revisions loaded");
             apply(&registry, &mut known, initial);
+            registry.mark_synced();
             let mut tick = tokio::time::interval(POLL);
             loop {
                 tick.tick().await;
