@@ -187,8 +187,14 @@ impl Service<Request<Incoming>> for Activator {
         let spec = rev.spec().unwrap_or_default();
 
         // Waiting counts as concurrency for the autoscaler, as upstream counts from here.
-        let in_flight = rev.stats.arrive(false, Instant::now());
-        if !rev.reporting.swap(true, Ordering::AcqRel) {
+        let now = Instant::now();
+        let first = !rev.reporting.swap(true, Ordering::AcqRel);
+        if first {
+            // Idle until now: the window starts with this request, as upstream's fresh entry.
+            rev.stats.restart(now);
+        }
+        let in_flight = rev.stats.arrive(false, now);
+        if first {
             // A full channel only means pokes are already on their way.
             let _ = self.shared.pokes.try_send(rev.clone());
         }
@@ -267,23 +273,26 @@ impl Service<Request<Incoming>> for Activate {
                     ),
                 };
                 aim(&mut p, &addr, passthrough.then_some(&rev.private_host));
-                match pod.client().checkout(p.protocol).await {
+                let unsent = match pod.client().checkout(p.protocol).await {
+                    // Boxed: the exchange's state is large, and a waiting request (all of them,
+                    // in a cold start) should not carry it.
                     Ok(conn) => {
-                        // Boxed: the exchange's state is large, and a waiting request (all of
-                        // them, in a cold start) should not carry it.
-                        let res = Box::pin(proxy::forward_on(conn, pod.client(), p)).await?;
-                        return Ok(res.map(|b| Guarded::new(b, lease)));
+                        match Box::pin(proxy::try_forward_on(conn, pod.client(), p)).await {
+                            Ok(res) => return Ok(res.map(|b| Guarded::new(b, lease))),
+                            Err((e, Some(p))) => (e, p),
+                            Err((e, None)) => return Err(e.into()),
+                        }
                     }
-                    Err(e) if e.before_send => {
-                        // Nothing was sent: another pod can take it, and this one is checked
-                        // again before it gets more.
-                        tracing::warn!(pod = %addr, error = %e, revision = %rev.id, "pod unreachable, trying another");
-                        rev.throttler.eject(pod.addr());
-                        rev.recheck(pod.addr());
-                        prepared = Some(p);
-                    }
+                    Err(e) if e.before_send => (e, p),
                     Err(e) => return Err(e.into()),
-                }
+                };
+                // Nothing was sent: another pod can take it, and this one is checked again
+                // before it gets more.
+                let (e, p) = unsent;
+                tracing::warn!(pod = %addr, error = %e, revision = %rev.id, "pod unreachable, trying another");
+                rev.throttler.eject(pod.addr());
+                rev.recheck(pod.addr());
+                prepared = Some(p);
             }
         })
     }

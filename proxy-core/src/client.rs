@@ -376,6 +376,16 @@ impl Connection {
     /// [`crate::proxy`]). A bodiless request that meets a reused HTTP/1.1 connection the upstream
     /// had closed is sent again on a fresh connection.
     pub async fn send(self, req: Request<Incoming>, client: &Client) -> Result<Exchange, Upstream> {
+        self.try_send(req, client).await.map_err(|(e, _)| e)
+    }
+
+    /// [`send`](Self::send), giving the request back when it failed before any byte of it
+    /// reached the upstream, so that it can go to another one.
+    pub async fn try_send(
+        self,
+        req: Request<Incoming>,
+        client: &Client,
+    ) -> Result<Exchange, (Upstream, Option<Request<Incoming>>)> {
         match self.0 {
             Conn::Http1 { pooled, reused } => {
                 let done = h1::exchange(pooled, reused, req, client).await?;
@@ -385,8 +395,13 @@ impl Connection {
                 })
             }
             Conn::H2c { mut sender } => {
-                sender.ready().await.map_err(Upstream::exchange)?;
-                let response = sender.send_request(req).await.map_err(Upstream::exchange)?;
+                if let Err(e) = sender.ready().await {
+                    return Err((Upstream::exchange(e), Some(req)));
+                }
+                let response = sender
+                    .send_request(req)
+                    .await
+                    .map_err(|e| (Upstream::exchange(e), None))?;
                 Ok(Exchange {
                     response: response.map(Body::h2),
                     upgraded: None,

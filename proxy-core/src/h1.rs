@@ -69,13 +69,25 @@ fn io_err(e: io::Error) -> Upstream {
 /// Sends `req` on `conn` and reads the response head. On a reused connection that turns out to
 /// be closed before any byte of the response, a bodiless request is sent again on a fresh one:
 /// the upstream never saw it.
+///
+/// When the exchange fails before any byte of the request reached the upstream (a fresh
+/// connection could not be opened), the request comes back with the error.
 pub(crate) async fn exchange(
     mut conn: Pooled,
     reused: bool,
     req: Request<Incoming>,
     client: &Client,
-) -> Result<Exchanged, Upstream> {
+) -> Result<Exchanged, (Upstream, Option<Request<Incoming>>)> {
     let (parts, body) = req.into_parts();
+    // A redial that fails has sent nothing: give the request back for another upstream.
+    macro_rules! redial {
+        () => {
+            match client.dial_http1().await {
+                Ok(c) => c,
+                Err(e) => return Err((e, Some(Request::from_parts(parts, body)))),
+            }
+        };
+    }
     let has_body = !http_body::Body::is_end_stream(&body);
     let (head, chunked) = encode_head(&parts, has_body, client.authority());
     let is_head = parts.method == Method::HEAD;
@@ -84,7 +96,7 @@ pub(crate) async fn exchange(
     if !has_body {
         let replayable = is_replayable(&parts);
         if reused && !replayable && !still_open(&conn.io) {
-            conn = client.dial_http1().await?;
+            conn = redial!();
         }
         let (res_head, framing) =
             match write_and_read_head(&mut conn, &head, is_head, max_head).await {
@@ -93,12 +105,12 @@ pub(crate) async fn exchange(
                     before_response: true,
                     ..
                 }) if reused && replayable => {
-                    conn = client.dial_http1().await?;
+                    conn = redial!();
                     write_and_read_head(&mut conn, &head, is_head, max_head)
                         .await
-                        .map_err(|f| f.error)?
+                        .map_err(|f| (f.error, None))?
                 }
-                Err(f) => return Err(f.error),
+                Err(f) => return Err((f.error, None)),
             };
         let Pooled { io, buf, slot, .. } = conn;
         return Ok(finish_head(
@@ -113,21 +125,25 @@ pub(crate) async fn exchange(
 
     // A pooled connection the upstream closed while idle would swallow the body: look first.
     if reused && !still_open(&conn.io) {
-        conn = client.dial_http1().await?;
+        conn = redial!();
     }
     let Pooled {
         io, mut buf, slot, ..
     } = conn;
     let (mut read, mut write) = io.into_split();
-    write.write_all(&head).await.map_err(io_err)?;
+    write
+        .write_all(&head)
+        .await
+        .map_err(|e| (io_err(e), None))?;
     // Aborted when dropped: an exchange that fails or is given up stops writing at once.
     let pump = Pump(Some(tokio::spawn(pump_body(write, body, chunked))));
     let (res_head, framing) = read_head(&mut read, &mut buf, is_head, max_head)
         .await
-        .map_err(|f| f.error)?;
+        .map_err(|f| (f.error, None))?;
     if res_head.status() == StatusCode::SWITCHING_PROTOCOLS {
-        return Err(Upstream::other(
-            "upgrade with a request body is not supported",
+        return Err((
+            Upstream::other("upgrade with a request body is not supported"),
+            None,
         ));
     }
     Ok(finish_head(

@@ -166,13 +166,49 @@ pub async fn forward_on(
     client: &Client,
     prepared: Prepared,
 ) -> Result<Response<Body>, Upstream> {
+    try_forward_on(conn, client, prepared)
+        .await
+        .map_err(|(e, _)| e)
+}
+
+/// [`forward_on`], giving the prepared request back when it failed before any byte of it
+/// reached the upstream (a dead pooled connection whose replacement could not be opened).
+pub async fn try_forward_on(
+    conn: Connection,
+    client: &Client,
+    prepared: Prepared,
+) -> Result<Response<Body>, (Upstream, Option<Prepared>)> {
     let Prepared {
         request,
-        protocol: _,
+        protocol,
         upgrade,
         upgrade_to,
     } = prepared;
-    let mut exchange = conn.send(request, client).await?;
+    let mut exchange = match conn.try_send(request, client).await {
+        Ok(e) => e,
+        Err((e, request)) => {
+            return Err((
+                e,
+                request.map(|request| Prepared {
+                    request,
+                    protocol,
+                    upgrade,
+                    upgrade_to,
+                }),
+            ));
+        }
+    };
+    shape(&mut exchange, upgrade, upgrade_to).map_err(|e| (e, None))?;
+    Ok(exchange.response)
+}
+
+/// Shapes an upstream response for the client: hop-by-hop headers, and a [`Tunnel`] for a
+/// protocol switch the client asked for.
+fn shape(
+    exchange: &mut crate::client::Exchange,
+    upgrade: Option<OnUpgrade>,
+    upgrade_to: Option<HeaderValue>,
+) -> Result<(), Upstream> {
     let res = &mut exchange.response;
     if res.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(downstream) = upgrade else {
@@ -214,7 +250,7 @@ pub async fn forward_on(
     } else {
         headers::strip_hop_by_hop(res.headers_mut());
     }
-    Ok(exchange.response)
+    Ok(())
 }
 
 // === Proxy ===

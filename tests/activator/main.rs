@@ -2,4 +2,12 @@
 //! sockets: fake pods on their own loopback addresses, real queue-proxies where the whole path
 //! matters.
 
+mod autoscaler;
+mod cold_start;
+mod drain;
+mod kube;
+mod protocols;
+mod reload;
+mod retry;
+mod routing;
 mod smoke;
