@@ -13,6 +13,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use http::{HeaderValue, Request, Response, StatusCode, Version, header, uri};
 use hyper::body::Incoming;
 use proxy_core::{
@@ -24,7 +25,7 @@ use proxy_core::{
     proxy::{self, Prepared},
     stats::InFlight,
     throttler::Lease,
-    timeout::{Timeout, TimeoutBody, TimeoutLayer, Timeouts},
+    timeout::{TimeoutBody, TimeoutLayer},
 };
 use tokio::{sync::mpsc, time::Instant};
 use tower::{Layer, Service};
@@ -95,33 +96,37 @@ impl std::fmt::Debug for Registry {
 #[derive(Clone, Debug)]
 pub(crate) struct Activator {
     shared: Arc<Shared>,
-    inner: Timeout<Activate>,
+    peer: Option<HeaderValue>,
+    passthrough: bool,
 }
 
 impl Activator {
     pub(crate) fn new(shared: Arc<Shared>, peer: Option<SocketAddr>) -> Self {
         let passthrough = shared.registry.settings().passthrough;
-        let activate = Activate {
-            peer: peer.map(|p| proxy::peer_value(p.ip())),
-            passthrough,
-        };
         Self {
             shared,
-            inner: TimeoutLayer::new(Timeouts::default()).layer(activate),
+            peer: peer.map(|p| proxy::peer_value(p.ip())),
+            passthrough,
         }
     }
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
 
-fn answer(status: StatusCode, body: impl Into<Bytes>) -> BoxFuture<Response<ResBody>> {
-    Box::pin(std::future::ready(Ok(edge::text(status, body))))
+/// The future of [`Activator`]: an answer of its own, or the forwarded request.
+type ActivatorFuture = Either<
+    std::future::Ready<Result<Response<ResBody>, BoxError>>,
+    Counted<proxy_core::timeout::ResponseFuture<BoxFuture<Response<Guarded<Body, Lease>>>>>,
+>;
+
+fn answer(status: StatusCode, body: impl Into<Bytes>) -> ActivatorFuture {
+    Either::Left(std::future::ready(Ok(edge::text(status, body))))
 }
 
 impl Service<Request<Incoming>> for Activator {
     type Response = Response<ResBody>;
     type Error = BoxError;
-    type Future = BoxFuture<Response<ResBody>>;
+    type Future = ActivatorFuture;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         Poll::Ready(Ok(()))
@@ -150,7 +155,7 @@ impl Service<Request<Incoming>> for Activator {
                 res.headers_mut().remove(header::CONTENT_TYPE);
                 res.headers_mut().remove(header::X_CONTENT_TYPE_OPTIONS);
                 res.headers_mut().insert(headers::K_NETWORK_HASH, hash);
-                return Box::pin(std::future::ready(Ok(res)));
+                return Either::Left(std::future::ready(Ok(res)));
             }
             if !probe.is_empty() {
                 if probe == headers::PROXY_VALUE_ACTIVATOR {
@@ -198,13 +203,45 @@ impl Service<Request<Incoming>> for Activator {
             // A full channel only means pokes are already on their way.
             let _ = self.shared.pokes.try_send(rev.clone());
         }
-        req.extensions_mut().insert(spec.timeouts);
-        req.extensions_mut().insert(rev);
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let res = fut.await?;
-            Ok(res.map(|b| Guarded::new(b, in_flight)))
+        // The revision's timeouts around its own forwarder: built per request, which costs a
+        // copy, where request extensions would cost allocations.
+        let activate = Activate {
+            rev,
+            peer: self.peer.clone(),
+            passthrough: self.passthrough,
+        };
+        let inner = TimeoutLayer::new(spec.timeouts).layer(activate).call(req);
+        Either::Right(Counted {
+            inner,
+            in_flight: Some(in_flight),
         })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Hands the request's place in the statistics to its response body, which keeps it until
+    /// the last byte (or, upgraded, until the tunnel closes).
+    pub(crate) struct Counted<F> {
+        #[pin]
+        inner: F,
+        in_flight: Option<InFlight>,
+    }
+}
+
+impl<F, B> Future for Counted<F>
+where
+    F: Future<Output = Result<Response<B>, BoxError>>,
+{
+    type Output = Result<Response<Guarded<B, InFlight>>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let res = std::task::ready!(this.inner.poll(cx))?;
+        let in_flight = this.in_flight.take();
+        Poll::Ready(Ok(res.map(|b| match in_flight {
+            Some(g) => Guarded::new(b, g),
+            None => Guarded::unguarded(b),
+        })))
     }
 }
 
@@ -232,9 +269,10 @@ fn identify<'a, B>(req: &'a Request<B>, cluster_domain: &str) -> Option<(&'a str
     (svc == "svc" && domain == cluster_domain).then_some((ns, name))
 }
 
-/// Waits for a pod and forwards to it.
+/// Waits for a pod of `rev` and forwards to it.
 #[derive(Clone, Debug)]
 pub(crate) struct Activate {
+    rev: Arc<Revision>,
     peer: Option<HeaderValue>,
     passthrough: bool,
 }
@@ -249,11 +287,7 @@ impl Service<Request<Incoming>> for Activate {
     }
 
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
-        let Some(rev) = req.extensions_mut().remove::<Arc<Revision>>() else {
-            return Box::pin(std::future::ready(
-                Err("no revision for the request".into()),
-            ));
-        };
+        let rev = self.rev.clone();
         rewrite_for_pod(&mut req, self.passthrough.then_some(&rev.private_host));
         let peer = self.peer.clone();
         let passthrough = self.passthrough;
@@ -263,16 +297,16 @@ impl Service<Request<Incoming>> for Activate {
             loop {
                 let lease = rev.throttler.acquire().await?;
                 let pod = lease.pod().clone();
-                let addr = pod.addr().to_string();
+                let authority = pod.authority();
                 let mut p = match prepared.take() {
                     Some(p) => p,
                     None => proxy::prepare(
                         req.take().expect("the request is prepared once"),
                         peer.as_ref(),
-                        &addr,
+                        authority.to_str().unwrap_or_default(),
                     ),
                 };
-                aim(&mut p, &addr, passthrough.then_some(&rev.private_host));
+                aim(&mut p, authority, passthrough.then_some(&rev.private_host));
                 let unsent = match pod.client().checkout(p.protocol).await {
                     // Boxed: the exchange's state is large, and a waiting request (all of them,
                     // in a cold start) should not carry it.
@@ -289,7 +323,7 @@ impl Service<Request<Incoming>> for Activate {
                 // Nothing was sent: another pod can take it, and this one is checked again
                 // before it gets more.
                 let (e, p) = unsent;
-                tracing::warn!(pod = %addr, error = %e, revision = %rev.id, "pod unreachable, trying another");
+                tracing::warn!(pod = %pod.addr(), error = %e, revision = %rev.id, "pod unreachable, trying another");
                 rev.throttler.eject(pod.addr());
                 rev.recheck(pod.addr());
                 prepared = Some(p);
@@ -317,8 +351,13 @@ fn rewrite_for_pod<B>(req: &mut Request<B>, private_host: Option<&HeaderValue>) 
         headers::K_PROXY_REQUEST,
         HeaderValue::from_static(headers::PROXY_VALUE_ACTIVATOR),
     );
-    h.remove(headers::KNATIVE_SERVING_REVISION);
-    h.remove(headers::KNATIVE_SERVING_NAMESPACE);
+    // A scan is cheaper than hashing for names that are usually absent.
+    if headers::has(h, &headers::KNATIVE_SERVING_REVISION) {
+        h.remove(headers::KNATIVE_SERVING_REVISION);
+    }
+    if headers::has(h, &headers::KNATIVE_SERVING_NAMESPACE) {
+        h.remove(headers::KNATIVE_SERVING_NAMESPACE);
+    }
     if private_host.is_some() {
         h.insert(headers::K_PASSTHROUGH_LB, HeaderValue::from_static("true"));
     }
@@ -336,11 +375,8 @@ fn rewrite_for_pod<B>(req: &mut Request<B>, private_host: Option<&HeaderValue>) 
 /// Points a prepared request at the pod `addr`: Go's proxy sends the destination as `Host`
 /// when the request's own was cleared; with passthrough load balancing the private service's
 /// name goes there instead, for the mesh to route on.
-fn aim(p: &mut Prepared, addr: &str, private_host: Option<&HeaderValue>) {
-    let authority = private_host.map_or_else(
-        || HeaderValue::from_str(addr).expect("an address is a valid header"),
-        Clone::clone,
-    );
+fn aim(p: &mut Prepared, addr: &HeaderValue, private_host: Option<&HeaderValue>) {
+    let authority = private_host.unwrap_or(addr).clone();
     match p.protocol {
         Protocol::Http1 => {
             p.request.headers_mut().insert(header::HOST, authority);

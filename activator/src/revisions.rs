@@ -147,9 +147,35 @@ pub(crate) struct Registry {
     inner: Arc<Inner>,
 }
 
+/// FNV-1a. Revision names are short and only the source inserts them, so a fast hash is worth
+/// more on the request path than SipHash's resistance to chosen keys.
+#[derive(Clone, Copy, Default)]
+struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+type Names<V> = HashMap<String, V, std::hash::BuildHasherDefault<Fnv>>;
+
 struct Inner {
     // namespace → name → revision: looked up per request with borrowed header values.
-    revisions: RwLock<HashMap<String, HashMap<String, Arc<Revision>>>>,
+    revisions: RwLock<Names<Names<Arc<Revision>>>>,
     settings: Settings,
     total: Arc<QueueLimit>,
     /// Set once the source has listed everything at least once.
@@ -160,7 +186,7 @@ impl Registry {
     pub(crate) fn new(settings: Settings, max_pending_total: usize) -> Self {
         Self {
             inner: Arc::new(Inner {
-                revisions: RwLock::new(HashMap::new()),
+                revisions: RwLock::new(Names::default()),
                 settings,
                 total: QueueLimit::new(max_pending_total),
                 synced: watch::channel(false).0,

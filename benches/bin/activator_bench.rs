@@ -125,6 +125,19 @@ impl Drop for Proc {
     }
 }
 
+/// CPU time (user + system) a process has used, in milliseconds.
+fn cpu_ms(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    // utime and stime are fields 14 and 15, i.e. 12 and 13 after the name; clock ticks of 10 ms.
+    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) * 10.0
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -136,6 +149,8 @@ fn rss_kib(pid: u32) -> u64 {
 
 /// Starts the activator on fixed ports with `revisions` (JSON array).
 fn start_activator(o: &Opts, dir: &Path, revisions: serde_json::Value) -> (Proc, u16, u16, u16) {
+    // One thread by default, as upstream's 1-CPU limit gives; ACTIVATOR_BENCH_THREADS overrides.
+    let threads = std::env::var("ACTIVATOR_BENCH_THREADS").unwrap_or_else(|_| "1".to_owned());
     let file = dir.join("revisions.json");
     std::fs::write(
         &file,
@@ -161,7 +176,7 @@ fn start_activator(o: &Opts, dir: &Path, revisions: serde_json::Value) -> (Proc,
             "ws://127.0.0.1:1/",
             "--ready-without-autoscaler",
             "--worker-threads",
-            "1",
+            &threads,
         ])
         .env("POD_NAME", "bench")
         .env("ACTIVATOR_LOG_LEVEL", "error")
@@ -390,7 +405,8 @@ struct ColdPod {
 }
 
 async fn cold_pod(ip: [u8; 4]) -> ColdPod {
-    let listener = TcpListener::bind(SocketAddr::from((ip, 0))).await.unwrap();
+    // The backlog a queue-proxy listens with (somaxconn), so a burst of connects is not dropped.
+    let listener = proxy_core::server::bind(SocketAddr::from((ip, 0))).unwrap();
     let addr = listener.local_addr().unwrap();
     let ready = Arc::new(AtomicBool::new(false));
     let first_ready = Arc::new(Mutex::new(None));
@@ -477,7 +493,11 @@ async fn wait_queued(metrics_port: u16, revision: &str, n: u64) {
     }
 }
 
-async fn h1_get(port: u16, revision: String) -> Result<Instant, String> {
+/// A client that keeps its connection, as an ingress does: the connection is closed only when
+/// the returned sender is dropped, after the measurement.
+type Kept = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+
+async fn h1_get(port: u16, revision: String) -> Result<(Instant, Kept), String> {
     let stream = TcpStream::connect(("127.0.0.1", port))
         .await
         .map_err(|e| e.to_string())?;
@@ -496,7 +516,7 @@ async fn h1_get(port: u16, revision: String) -> Result<Instant, String> {
     if status != StatusCode::OK {
         return Err(format!("status {status}"));
     }
-    Ok(done)
+    Ok((done, tx))
 }
 
 async fn cold_start(o: &Opts) -> String {
@@ -511,8 +531,9 @@ async fn cold_start(o: &Opts) -> String {
         pods.push(pod);
     }
     let dir = temp_dir("cold");
-    let (_act, port, _, metrics_port) =
-        start_activator(o, &dir, serde_json::Value::from(revisions));
+    let (act, port, _, metrics_port) = start_activator(o, &dir, serde_json::Value::from(revisions));
+    let act_pid = act.0.id().to_string();
+    let (mut cpu_act, mut cpu_bench, mut wall) = (0.0, 0.0, 0.0);
     let mut all = Vec::new();
     let mut released = Vec::new();
     let mut medians = Vec::new();
@@ -523,18 +544,27 @@ async fn cold_start(o: &Opts) -> String {
             .map(|_| tokio::spawn(h1_get(port, name.clone())))
             .collect();
         wait_queued(metrics_port, &name, o.burst as u64).await;
+        let (a0, b0, t0) = (cpu_ms(&act_pid), cpu_ms("self"), Instant::now());
         pod.ready.store(true, Ordering::SeqCst);
         let mut lat = Vec::with_capacity(o.burst);
         let mut done_times = Vec::new();
+        let mut kept = Vec::new();
         for t in tasks {
             match t.await.unwrap() {
-                Ok(at) => done_times.push(at),
+                Ok((at, conn)) => {
+                    done_times.push(at);
+                    kept.push(conn);
+                }
                 Err(e) => {
                     errors += 1;
                     eprintln!("cold start request failed: {e}");
                 }
             }
         }
+        cpu_act += cpu_ms(&act_pid) - a0;
+        cpu_bench += cpu_ms("self") - b0;
+        wall += t0.elapsed().as_secs_f64() * 1e3;
+        drop(kept);
         let first = pod
             .first_ready
             .lock()
@@ -579,7 +609,9 @@ async fn cold_start(o: &Opts) -> String {
          | | median | p95 | p99 | max |\n|---|---|---|---|---|\n\
          | released | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |\n\
          | completed | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |\n\n\
-         Per-round completion medians: {}. Errors: {errors}.\n\n",
+         Per-round completion medians: {}. Errors: {errors}. \
+         Per round, from the pod turning ready to the last response: {:.0} ms wall, the activator \
+         used {:.0} ms of CPU and this process (the pod and the clients) {:.0} ms, on {} cores.\n\n",
         o.burst,
         o.cold_rounds,
         median(&mut released.clone()),
@@ -594,7 +626,11 @@ async fn cold_start(o: &Opts) -> String {
             .iter()
             .map(|m| format!("{m:.2}"))
             .collect::<Vec<_>>()
-            .join(", ")
+            .join(", "),
+        wall / o.cold_rounds as f64,
+        cpu_act / o.cold_rounds as f64,
+        cpu_bench / o.cold_rounds as f64,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
     )
 }
 

@@ -39,6 +39,8 @@ use crate::{client::Client, error::QueueFull};
 /// One pod (an `ip:port` of a revision) and the requests this process has in flight on it.
 pub struct Pod {
     addr: SocketAddr,
+    /// `addr` as a header value, for `Host` or `:authority`: made once, not per request.
+    authority: http::HeaderValue,
     client: Client,
     in_flight: AtomicUsize,
 }
@@ -48,6 +50,8 @@ impl Pod {
     pub fn new(addr: SocketAddr, client: Client) -> Arc<Self> {
         Arc::new(Self {
             addr,
+            authority: http::HeaderValue::try_from(addr.to_string())
+                .expect("a socket address is a valid header value"),
             client,
             in_flight: AtomicUsize::new(0),
         })
@@ -56,6 +60,11 @@ impl Pod {
     /// Its address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Its address as a header value (`ip:port`).
+    pub fn authority(&self) -> &http::HeaderValue {
+        &self.authority
     }
 
     /// The client that reaches it.
