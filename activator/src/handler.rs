@@ -346,7 +346,8 @@ fn rewrite_for_pod<B>(req: &mut Request<B>, private_host: Option<&HeaderValue>) 
     {
         h.insert(headers::K_ORIGINAL_HOST, host);
     }
-    h.remove(header::HOST);
+    // `Host` itself is overwritten with the pod's address (or the private service's name) once
+    // a pod is chosen; removing it here would only cost a second rehash.
     h.insert(
         headers::K_PROXY_REQUEST,
         HeaderValue::from_static(headers::PROXY_VALUE_ACTIVATOR),
@@ -431,7 +432,6 @@ mod tests {
         let h = r.headers();
         assert_eq!(h["k-original-host"], "hello.example.com");
         assert_eq!(h["k-proxy-request"], "activator");
-        assert!(h.get(header::HOST).is_none());
         assert!(h.get("knative-serving-revision").is_none());
         assert!(h.get("k-passthrough-lb").is_none());
 

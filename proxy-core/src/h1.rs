@@ -222,7 +222,13 @@ async fn read_head<R: tokio::io::AsyncRead + Unpin>(
 ) -> Result<(Response<()>, Framing), Failure> {
     let mut received = false;
     loop {
-        match parse_head(buf, is_head) {
+        // Nothing to parse before the first read, the common case for a fresh response.
+        let parsed = if buf.is_empty() {
+            Ok(None)
+        } else {
+            parse_head(buf, is_head)
+        };
+        match parsed {
             Ok(Some((res, framing)))
                 if res.status().is_informational()
                     && res.status() != StatusCode::SWITCHING_PROTOCOLS =>
