@@ -48,6 +48,7 @@ pub(crate) async fn run(config: Config) -> Result<(), String> {
             max_pending: config.args.max_pending_requests,
             client: ClientConfig {
                 max_idle: config.max_idle_per_host,
+                connect_timeout: Some(Duration::from_millis(config.args.connect_timeout_ms)),
                 ..ClientConfig::default()
             },
             mesh,

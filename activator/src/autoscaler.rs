@@ -96,7 +96,10 @@ async fn report(
             _ = tick.tick() => {
                 let now = Instant::now();
                 let mut messages = Vec::new();
-                for rev in registry.all() {
+                let revisions = registry.all();
+                // A revision removed since its poke must not discount a namesake created later.
+                poked.retain(|id| revisions.iter().any(|r| r.id == *id));
+                for rev in revisions {
                     if !rev.reporting.load(Ordering::Acquire) {
                         continue;
                     }
@@ -110,7 +113,12 @@ async fn report(
                     // Idle for a whole window: this zero was its last message until the next
                     // request, which pokes again.
                     if r.average_concurrency == 0.0 && rev.stats.concurrency() == 0 {
-                        rev.reporting.store(false, Ordering::Release);
+                        rev.reporting.store(false, Ordering::SeqCst);
+                        // A request that arrived meanwhile saw the flag still on and sent no
+                        // poke: keep reporting for it.
+                        if rev.stats.concurrency() > 0 {
+                            rev.reporting.store(true, Ordering::SeqCst);
+                        }
                     }
                 }
                 send(messages);

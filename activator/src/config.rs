@@ -86,6 +86,16 @@ pub(crate) struct Args {
     )]
     pub(crate) eager_probe_ms: u64,
 
+    /// Longest a TCP connect to a pod may take, in milliseconds; a pod that does not answer in
+    /// time is taken out and the request goes to another one.
+    #[arg(
+        long,
+        value_name = "MS",
+        env = "ACTIVATOR_CONNECT_TIMEOUT_MS",
+        default_value_t = 2000
+    )]
+    pub(crate) connect_timeout_ms: u64,
+
     /// Worker threads (default: from the cgroup CPU limit).
     #[arg(long, value_name = "N", env = "ACTIVATOR_WORKER_THREADS")]
     pub(crate) worker_threads: Option<usize>,
@@ -171,6 +181,9 @@ impl Config {
         }
         if args.max_pending_requests == 0 || args.max_pending_total == 0 {
             problems.push("MAX_PENDING_REQUESTS / MAX_PENDING_TOTAL: must be at least 1".into());
+        }
+        if args.connect_timeout_ms == 0 {
+            problems.push("ACTIVATOR_CONNECT_TIMEOUT_MS: must be at least 1".into());
         }
         if args.eager_probe_ms == 0 {
             problems.push("ACTIVATOR_EAGER_PROBE_MS: must be at least 1".into());

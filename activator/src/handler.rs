@@ -10,6 +10,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
     },
     task::{Context, Poll},
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -18,7 +19,7 @@ use http::{HeaderValue, Request, Response, StatusCode, Version, header, uri};
 use hyper::body::Incoming;
 use proxy_core::{
     BoxError,
-    body::{Body, Guarded},
+    body::{Body, FromBytes, Guarded},
     client::Protocol,
     edge,
     headers::{self, find},
@@ -136,7 +137,10 @@ impl Service<Request<Incoming>> for Activator {
         let h = req.headers();
         if headers::is_kubelet_probe(h) {
             return match self.shared.health.problem() {
-                None => answer(StatusCode::OK, Bytes::new()),
+                // Go writes only the status: no body, no Content-Type.
+                None => Either::Left(std::future::ready(Ok(Response::new(ResBody::from_bytes(
+                    Bytes::new(),
+                ))))),
                 Some(why) => answer(StatusCode::INTERNAL_SERVER_ERROR, format!("{why}\n")),
             };
         }
@@ -159,7 +163,15 @@ impl Service<Request<Incoming>> for Activator {
             }
             if !probe.is_empty() {
                 if probe == headers::PROXY_VALUE_ACTIVATOR {
-                    return answer(StatusCode::OK, "activator");
+                    // Go writes the bare body and sniffs its type; no `nosniff` here.
+                    let mut res = Response::new(ResBody::from_bytes(Bytes::from_static(
+                        headers::PROXY_VALUE_ACTIVATOR.as_bytes(),
+                    )));
+                    res.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("text/plain; charset=utf-8"),
+                    );
+                    return Either::Left(std::future::ready(Ok(res)));
                 }
                 return answer(
                     StatusCode::BAD_REQUEST,
@@ -192,14 +204,14 @@ impl Service<Request<Incoming>> for Activator {
         let spec = rev.spec().unwrap_or_default();
 
         // Waiting counts as concurrency for the autoscaler, as upstream counts from here.
+        // Counted before the flag is read, so that a reporter which turns the flag off sees this
+        // request in flight and turns it back on (see `autoscaler::report`).
         let now = Instant::now();
-        let first = !rev.reporting.swap(true, Ordering::AcqRel);
-        if first {
-            // Idle until now: the window starts with this request, as upstream's fresh entry.
-            rev.stats.restart(now);
-        }
         let in_flight = rev.stats.arrive(false, now);
-        if first {
+        if !rev.reporting.swap(true, Ordering::SeqCst) {
+            // Idle until now: the window starts with the requests in flight, as upstream's
+            // fresh entry does.
+            rev.stats.restart(now);
             // A full channel only means pokes are already on their way.
             let _ = self.shared.pokes.try_send(rev.clone());
         }
@@ -294,6 +306,7 @@ impl Service<Request<Incoming>> for Activate {
         Box::pin(async move {
             let mut req = Some(req);
             let mut prepared: Option<Prepared> = None;
+            let mut retry_pause = Duration::from_millis(10);
             loop {
                 let lease = rev.throttler.acquire().await?;
                 let pod = lease.pod().clone();
@@ -324,8 +337,14 @@ impl Service<Request<Incoming>> for Activate {
                 // before it gets more.
                 let (e, p) = unsent;
                 tracing::warn!(pod = %pod.addr(), error = %e, revision = %rev.id, "pod unreachable, trying another");
-                rev.throttler.eject(pod.addr());
                 rev.recheck(pod.addr());
+                if !rev.throttler.eject(pod.addr()) {
+                    // Not a pod that can be set aside (the private service's ClusterIP): the
+                    // same destination comes back at once, so wait before trying it again.
+                    drop(lease);
+                    tokio::time::sleep(retry_pause).await;
+                    retry_pause = (retry_pause * 2).min(Duration::from_millis(500));
+                }
                 prepared = Some(p);
             }
         })
@@ -341,7 +360,8 @@ fn rewrite_for_pod<B>(req: &mut Request<B>, private_host: Option<&HeaderValue>) 
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
     let h = req.headers_mut();
-    if !headers::has(h, &headers::K_ORIGINAL_HOST)
+    // Go's `Header.Get(...) == ""`: an empty one is replaced too.
+    if find(h, &headers::K_ORIGINAL_HOST).is_none_or(HeaderValue::is_empty)
         && let Some(host) = host.filter(|v| !v.is_empty())
     {
         h.insert(headers::K_ORIGINAL_HOST, host);

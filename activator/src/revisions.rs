@@ -342,6 +342,19 @@ impl Registry {
         });
     }
 
+    /// Forgets a revision's private service, if the revision is still known.
+    pub(crate) fn clear_private_service(&self, id: &RevId) {
+        let map = self
+            .inner
+            .revisions
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(rev) = map.get(&id.namespace).and_then(|m| m.get(&id.name)) {
+            rev.private_service
+                .send_if_modified(|old| old.take().is_some());
+        }
+    }
+
     /// The activators in front of a revision (the ready IPs of its public endpoints). When this
     /// activator is among them, it uses only its share of the pods.
     pub(crate) fn set_activators(&self, id: &RevId, mut ips: Vec<IpAddr>) {
@@ -386,7 +399,7 @@ impl Prober {
         mut private: watch::Receiver<Option<SocketAddr>>,
         mut recheck: mpsc::UnboundedReceiver<SocketAddr>,
     ) {
-        let (done_tx, mut done) = mpsc::unbounded_channel::<(SocketAddr, bool)>();
+        let (done_tx, mut done) = mpsc::unbounded_channel::<(Arc<Pod>, bool)>();
         loop {
             let next = self.start_probes(&done_tx);
             tokio::select! {
@@ -406,9 +419,13 @@ impl Prober {
                         self.publish();
                     }
                 }
-                Some((addr, passed)) = done.recv() => {
+                Some((pod, passed)) = done.recv() => {
                     let optimise = self.spec.borrow().is_none_or(|s| s.probe_optimisation);
-                    if let Some(d) = self.dests.get_mut(&addr) {
+                    // Only for the endpoint it was sent to: an address that left and came back
+                    // has a new entry, which an old probe's answer must not mark.
+                    if let Some(d) = self.dests.get_mut(&pod.addr())
+                        && Arc::ptr_eq(&d.pod, &pod)
+                    {
                         d.probing = false;
                         if passed && (d.k8s_ready || optimise) && !d.healthy {
                             d.healthy = true;
@@ -433,15 +450,14 @@ impl Prober {
     }
 
     /// Probes every endpoint that is due; returns when the next one falls due.
-    fn start_probes(
-        &mut self,
-        done: &mpsc::UnboundedSender<(SocketAddr, bool)>,
-    ) -> Option<Instant> {
+    fn start_probes(&mut self, done: &mpsc::UnboundedSender<(Arc<Pod>, bool)>) -> Option<Instant> {
         if self.settings.mesh == MeshMode::Enabled {
             return None;
         }
         let now = Instant::now();
-        let interval = if self.throttler.waiting() > 0 {
+        // Eager only while requests wait because no pod can take them (a cold start); under
+        // overload with pods present, starting pods are probed at the normal pace.
+        let interval = if self.throttler.waiting() > 0 && self.throttler.capacity() == Some(0) {
             self.settings.eager_probe
         } else {
             self.settings.probe_frequency
@@ -458,8 +474,9 @@ impl Prober {
             }
             d.probing = true;
             d.last_probe = Some(now);
-            let (addr, timeout, extra, done) = (
+            let (addr, pod, timeout, extra, done) = (
                 *addr,
+                d.pod.clone(),
                 self.settings.probe_timeout,
                 self.extra.clone(),
                 done.clone(),
@@ -476,7 +493,7 @@ impl Prober {
                         false
                     }
                 };
-                let _ = done.send((addr, passed));
+                let _ = done.send((pod, passed));
             });
         }
         // A probe in flight reports back through `done`; nothing else to wait for.

@@ -58,6 +58,10 @@ pub struct ClientConfig {
     /// How long without any connection coming back before a waiting request dials anyway
     /// (default 10 ms).
     pub stall_wait: Duration,
+    /// Longest a TCP connect may take (default: none, the kernel's own, about two minutes). A
+    /// proxy in front of pods that can vanish sets one, so a black-holed address fails fast
+    /// and, since nothing was sent, can be retried elsewhere.
+    pub connect_timeout: Option<Duration>,
 }
 
 impl Default for ClientConfig {
@@ -67,6 +71,7 @@ impl Default for ClientConfig {
             max_header_bytes: 1 << 20,
             soft_max_connections: 128,
             stall_wait: Duration::from_millis(10),
+            connect_timeout: None,
         }
     }
 }
@@ -267,9 +272,15 @@ impl Client {
     }
 
     async fn connect(&self) -> Result<TcpStream, Upstream> {
-        let stream = TcpStream::connect(self.inner.addr)
-            .await
-            .map_err(|e| Upstream::connect(&self.inner.addr.to_string(), e))?;
+        let addr = self.inner.addr;
+        let connect = TcpStream::connect(addr);
+        let result = match self.inner.config.connect_timeout {
+            Some(limit) => tokio::time::timeout(limit, connect)
+                .await
+                .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())),
+            None => connect.await,
+        };
+        let stream = result.map_err(|e| Upstream::connect(&addr.to_string(), e))?;
         let _ = stream.set_nodelay(true);
         Ok(stream)
     }

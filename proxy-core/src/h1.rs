@@ -105,7 +105,12 @@ pub(crate) async fn exchange(
                     before_response: true,
                     ..
                 }) if reused && replayable => {
-                    conn = redial!();
+                    // The head went out on the dead connection: the upstream may have seen it,
+                    // so a failed redial does not hand the request back for another upstream.
+                    conn = match client.dial_http1().await {
+                        Ok(c) => c,
+                        Err(e) => return Err((e, None)),
+                    };
                     write_and_read_head(&mut conn, &head, is_head, max_head)
                         .await
                         .map_err(|f| (f.error, None))?

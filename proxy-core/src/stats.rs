@@ -111,16 +111,16 @@ impl RequestStats {
         }
     }
 
-    /// Starts a fresh window at `now`, forgetting the current one but not the requests in flight:
-    /// for a recorder that was idle and unreported, so that its next report averages over the
-    /// time since activity resumed rather than over the idle time too.
+    /// Starts a fresh window at `now` for a recorder that was idle and unreported, so that its
+    /// next report averages over the time since activity resumed rather than over the idle time
+    /// too. The requests in flight count as the new window's arrivals.
     pub fn restart(&self, now: Instant) {
         let mut w = self.lock();
         w.integral = 0.0;
         w.proxied_integral = 0.0;
         w.seconds = 0.0;
-        w.requests = 0;
-        w.proxied_requests = 0;
+        w.requests = w.concurrency;
+        w.proxied_requests = w.proxied;
         w.last = w.last.max(now);
     }
 

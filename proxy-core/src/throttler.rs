@@ -131,7 +131,7 @@ pub struct Throttler {
 
 struct State {
     cc: usize,
-    /// Healthy pods, sorted by address.
+    /// Healthy pods, sorted by `ip:port` text.
     healthy: Vec<Arc<Pod>>,
     /// The pods this process may use: all healthy ones, or its subset of them.
     assigned: Vec<Arc<Pod>>,
@@ -261,7 +261,9 @@ impl Throttler {
     /// Replaces the healthy pods. Pods that stay keep their in-flight counts, so pass the same
     /// [`Pod`] for the same address.
     pub fn set_pods(self: &Arc<Self>, mut pods: Vec<Arc<Pod>>) {
-        pods.sort_by_key(|p| p.addr);
+        // As upstream: ordered as `ip:port` text, so that activators of either kind compute the
+        // same subsets and the same "first" pods.
+        pods.sort_by(|a, b| a.authority.as_bytes().cmp(b.authority.as_bytes()));
         pods.dedup_by_key(|p| p.addr);
         let mut st = self.lock();
         st.healthy = pods;
@@ -332,13 +334,18 @@ impl Throttler {
     }
 
     fn release(self: &Arc<Self>, pod: &Pod) {
+        // Unlimited pods never make anyone wait for a slot, only for a pod.
+        if self.cc.load(Ordering::Relaxed) == 0 {
+            pod.in_flight.fetch_sub(1, Ordering::Relaxed);
+            self.active.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        // Freed under the lock, so that the slot goes to the oldest waiter and not to a request
+        // arriving on another thread in between.
+        let mut st = self.lock();
         pod.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.active.fetch_sub(1, Ordering::Relaxed);
-        // Unlimited pods never make anyone wait for a slot, only for a pod.
-        if self.cc.load(Ordering::Relaxed) > 0 {
-            let mut st = self.lock();
-            self.dispatch(&mut st);
-        }
+        self.dispatch(&mut st);
     }
 }
 
@@ -589,6 +596,12 @@ mod tests {
         let b = t.acquire().await.unwrap();
         assert_eq!(a.pod().addr(), b.pod().addr());
         assert_eq!(a.pod().addr().ip().to_string(), "127.0.0.1");
+
+        // Text order, as upstream: 127.0.0.10 comes before 127.0.0.9.
+        let t = throttler(1, 10);
+        t.set_pods(vec![pod(9), pod(10)]);
+        let first = t.acquire().await.unwrap();
+        assert_eq!(first.pod().addr().ip().to_string(), "127.0.0.10");
 
         let t = throttler(10, 10);
         t.set_pods(vec![pod(1), pod(2), pod(3)]);

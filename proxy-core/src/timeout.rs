@@ -47,6 +47,13 @@ impl Default for Timeouts {
     }
 }
 
+/// `start + d`, saturating: a configured timeout of centuries must not overflow the clock.
+fn after(start: Instant, d: Duration) -> Instant {
+    start
+        .checked_add(d)
+        .unwrap_or_else(|| start + Duration::from_secs(100 * 365 * 86_400))
+}
+
 /// When an upgraded connection started from this request must close.
 #[derive(Clone, Copy, Debug)]
 pub struct TunnelDeadline(pub Instant);
@@ -105,10 +112,10 @@ where
             .get::<Timeouts>()
             .copied()
             .unwrap_or(self.timeouts);
-        let total = start + t.request;
+        let total = after(start, t.request);
         let mut first = total;
         for d in [t.response_start, t.idle].into_iter().flatten() {
-            first = first.min(start + d);
+            first = first.min(after(start, d));
         }
         ResponseFuture {
             inner: self.inner.call(req),
@@ -142,13 +149,13 @@ where
         let mut this = self.project();
         if let Poll::Ready(res) = this.inner.as_mut().poll(cx) {
             let mut res = res.map_err(Into::into)?;
-            let total = *this.start + this.timeouts.request;
+            let total = after(*this.start, this.timeouts.request);
             if res.status() == StatusCode::SWITCHING_PROTOCOLS {
                 res.extensions_mut().insert(TunnelDeadline(total));
                 return Poll::Ready(Ok(res.map(TimeoutBody::unbounded)));
             }
             let idle = this.timeouts.idle;
-            let next = idle.map_or(total, |i| total.min(Instant::now() + i));
+            let next = idle.map_or(total, |i| total.min(after(Instant::now(), i)));
             return Poll::Ready(Ok(res.map(|b| TimeoutBody {
                 inner: b,
                 sleep: Some(sleep_until(next)),
@@ -159,9 +166,9 @@ where
         ready!(this.sleep.as_mut().poll(cx));
         let now = Instant::now();
         let t = *this.timeouts;
-        let (kind, after) = if now >= *this.start + t.request {
+        let (kind, after) = if now >= after(*this.start, t.request) {
             (TimeoutKind::Request, t.request)
-        } else if let Some(rs) = t.response_start.filter(|rs| now >= *this.start + *rs) {
+        } else if let Some(rs) = t.response_start.filter(|rs| now >= after(*this.start, *rs)) {
             (TimeoutKind::ResponseStart, rs)
         } else {
             // Before the first byte the idle timer can only have fired as a response-start timeout.
@@ -235,7 +242,7 @@ where
             if let (Some(idle), Some(Ok(_)), Some(sleep)) =
                 (this.idle, &frame, this.sleep.as_mut().as_pin_mut())
             {
-                sleep.reset((*this.total).min(Instant::now() + *idle));
+                sleep.reset((*this.total).min(after(Instant::now(), *idle)));
             }
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }

@@ -608,7 +608,7 @@ fn service_event(registry: &Registry, event: Event<Service>) {
         }
         Event::Delete(svc) => {
             if let Some(id) = service_revision(&svc) {
-                registry.set_private_service(&id, None);
+                registry.clear_private_service(&id);
             }
         }
         Event::Init | Event::InitDone => {}
