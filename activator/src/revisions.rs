@@ -73,7 +73,10 @@ pub(crate) struct Endpoints {
 /// How pods are reached, from `config-network`'s `mesh-compatibility-mode`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub(crate) enum MeshMode {
-    /// Probe every pod before use (upstream's `auto`, without its sticky ClusterIP fallback).
+    /// Probe every pod before use; when none passes and every answer looked like a mesh's
+    /// (502, 503 or no HTTP answer), fall back to the private service's ClusterIP if it answers
+    /// the probe, as upstream's `auto` does, but only until a pod passes again (upstream's
+    /// fallback is sticky for the watcher's lifetime, #15477).
     #[default]
     Auto,
     /// Trust pods Kubernetes calls ready without probing them; probe only the others.
@@ -284,6 +287,7 @@ impl Registry {
                 dests: HashMap::new(),
                 spec: spec_rx,
                 cluster: None,
+                fallback: Fallback::default(),
             }
             .run(endpoints_rx, private_rx, recheck_rx),
         )
@@ -380,6 +384,31 @@ struct Dest {
     healthy: bool,
     probing: bool,
     last_probe: Option<Instant>,
+    /// The last answer was a real HTTP answer no mesh gives (not 502 or 503): the pod is
+    /// reachable, just not ready, so the ClusterIP fallback does not apply.
+    not_mesh: bool,
+    /// Probed at least once since it appeared.
+    probed: bool,
+}
+
+/// How one probe ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    Ready,
+    /// An HTTP answer other than `queue`; `maybe_mesh` for 502 and 503.
+    NotReady {
+        maybe_mesh: bool,
+    },
+    /// No HTTP answer at all.
+    Failed,
+}
+
+/// The private service's ClusterIP as a fallback destination in mesh mode `auto`.
+#[derive(Default)]
+struct Fallback {
+    healthy: bool,
+    probing: bool,
+    last_probe: Option<Instant>,
 }
 
 struct Prober {
@@ -388,8 +417,10 @@ struct Prober {
     extra: Vec<(HeaderName, HeaderValue)>,
     dests: HashMap<SocketAddr, Dest>,
     spec: watch::Receiver<Option<RevisionSpec>>,
-    /// The private service's destination, in mesh mode `enabled`.
+    /// The private service's destination: always used in mesh mode `enabled`, a fallback in
+    /// `auto`.
     cluster: Option<Arc<Pod>>,
+    fallback: Fallback,
 }
 
 impl Prober {
@@ -399,7 +430,7 @@ impl Prober {
         mut private: watch::Receiver<Option<SocketAddr>>,
         mut recheck: mpsc::UnboundedReceiver<SocketAddr>,
     ) {
-        let (done_tx, mut done) = mpsc::unbounded_channel::<(Arc<Pod>, bool)>();
+        let (done_tx, mut done) = mpsc::unbounded_channel::<(Arc<Pod>, Outcome)>();
         loop {
             let next = self.start_probes(&done_tx);
             tokio::select! {
@@ -411,6 +442,12 @@ impl Prober {
                     self.apply(eps);
                 }
                 Some(addr) = recheck.recv() => {
+                    if self.fallback.healthy && self.cluster.as_ref().is_some_and(|c| c.addr() == addr) {
+                        // The ClusterIP refused: off it until it answers the probe again.
+                        self.fallback.healthy = false;
+                        self.fallback.last_probe = None;
+                        self.publish();
+                    }
                     if let Some(d) = self.dests.get_mut(&addr)
                         && d.healthy
                     {
@@ -419,20 +456,7 @@ impl Prober {
                         self.publish();
                     }
                 }
-                Some((pod, passed)) = done.recv() => {
-                    let optimise = self.spec.borrow().is_none_or(|s| s.probe_optimisation);
-                    // Only for the endpoint it was sent to: an address that left and came back
-                    // has a new entry, which an old probe's answer must not mark.
-                    if let Some(d) = self.dests.get_mut(&pod.addr())
-                        && Arc::ptr_eq(&d.pod, &pod)
-                    {
-                        d.probing = false;
-                        if passed && (d.k8s_ready || optimise) && !d.healthy {
-                            d.healthy = true;
-                            self.publish();
-                        }
-                    }
-                }
+                Some((pod, outcome)) = done.recv() => self.probed(&pod, outcome),
                 Ok(()) = self.spec.changed() => {}
                 Ok(()) = private.changed() => {
                     let addr = *private.borrow_and_update();
@@ -449,8 +473,60 @@ impl Prober {
         }
     }
 
+    /// Takes in one probe's outcome.
+    fn probed(&mut self, pod: &Arc<Pod>, outcome: Outcome) {
+        if self.cluster.as_ref().is_some_and(|c| Arc::ptr_eq(c, pod)) {
+            self.fallback.probing = false;
+            let healthy = outcome == Outcome::Ready;
+            if healthy != self.fallback.healthy {
+                self.fallback.healthy = healthy;
+                if healthy {
+                    tracing::info!(service = %pod.addr(), "pods unreachable directly; using the private service's ClusterIP");
+                }
+                self.publish();
+            }
+            return;
+        }
+        let optimise = self.spec.borrow().is_none_or(|s| s.probe_optimisation);
+        // Only for the endpoint it was sent to: an address that left and came back has a new
+        // entry, which an old probe's answer must not mark.
+        let Some(d) = self.dests.get_mut(&pod.addr()) else {
+            return;
+        };
+        if !Arc::ptr_eq(&d.pod, pod) {
+            return;
+        }
+        d.probing = false;
+        d.probed = true;
+        d.not_mesh = matches!(outcome, Outcome::NotReady { maybe_mesh: false });
+        let became_healthy = outcome == Outcome::Ready && (d.k8s_ready || optimise) && !d.healthy;
+        if became_healthy {
+            d.healthy = true;
+        }
+        // While on the fallback, any answer may end it (a pod that answers for real).
+        if became_healthy || self.fallback.healthy {
+            self.publish();
+        }
+    }
+
+    /// Whether the ClusterIP fallback applies: `auto` mode, no passthrough, a private service,
+    /// no pod healthy, and every pod probed with only mesh-like answers.
+    fn fallback_wanted(&self) -> bool {
+        self.settings.mesh == MeshMode::Auto
+            && !self.settings.passthrough
+            && self.cluster.is_some()
+            && !self.dests.is_empty()
+            && self
+                .dests
+                .values()
+                .all(|d| !d.healthy && d.probed && !d.not_mesh)
+    }
+
     /// Probes every endpoint that is due; returns when the next one falls due.
-    fn start_probes(&mut self, done: &mpsc::UnboundedSender<(Arc<Pod>, bool)>) -> Option<Instant> {
+    fn start_probes(
+        &mut self,
+        done: &mpsc::UnboundedSender<(Arc<Pod>, Outcome)>,
+    ) -> Option<Instant> {
         if self.settings.mesh == MeshMode::Enabled {
             return None;
         }
@@ -481,20 +557,23 @@ impl Prober {
                 self.extra.clone(),
                 done.clone(),
             );
-            tokio::spawn(async move {
-                let passed = match probe::queue(addr, &extra, timeout).await {
-                    Ok(QueueProbe::Ready) => true,
-                    Ok(QueueProbe::NotReady { status, .. }) => {
-                        tracing::debug!(%addr, %status, "pod not ready yet");
-                        false
-                    }
-                    Err(e) => {
-                        tracing::debug!(%addr, error = %e, "pod probe failed");
-                        false
-                    }
-                };
-                let _ = done.send((pod, passed));
-            });
+            tokio::spawn(probe_one(addr, pod, timeout, extra, done.clone()));
+        }
+        if self.fallback_wanted() && !self.fallback.probing && !self.fallback.healthy {
+            let due = self.fallback.last_probe.map_or(now, |t| t + interval);
+            if due > now {
+                next = Some(next.map_or(due, |n| n.min(due)));
+            } else if let Some(cluster) = self.cluster.clone() {
+                self.fallback.probing = true;
+                self.fallback.last_probe = Some(now);
+                tokio::spawn(probe_one(
+                    cluster.addr(),
+                    cluster,
+                    self.settings.probe_timeout,
+                    self.extra.clone(),
+                    done.clone(),
+                ));
+            }
         }
         // A probe in flight reports back through `done`; nothing else to wait for.
         next
@@ -515,6 +594,8 @@ impl Prober {
                     healthy: false,
                     probing: false,
                     last_probe: None,
+                    not_mesh: false,
+                    probed: false,
                 });
                 if d.k8s_ready && !ready && d.healthy {
                     // Kubernetes took it out of rotation (e.g. terminating): check it again.
@@ -536,21 +617,50 @@ impl Prober {
         }
     }
 
-    fn publish(&self) {
-        if self.settings.mesh == MeshMode::Enabled {
-            let ready = self.dests.values().filter(|d| d.k8s_ready).count();
-            self.throttler
-                .set_cluster_ip(self.cluster.clone().map(|p| (p, ready)));
-            return;
-        }
-        let pods = self
+    fn publish(&mut self) {
+        let pods: Vec<Arc<Pod>> = self
             .dests
             .values()
             .filter(|d| d.healthy)
             .map(|d| d.pod.clone())
             .collect();
+        // A pod that answers directly ends the fallback.
+        if !pods.is_empty() || self.dests.is_empty() {
+            self.fallback.healthy = false;
+        }
+        let through_cluster = self.settings.mesh == MeshMode::Enabled
+            || (self.fallback.healthy && self.fallback_wanted());
+        if through_cluster {
+            let ready = self.dests.values().filter(|d| d.k8s_ready).count();
+            self.throttler
+                .set_cluster_ip(self.cluster.clone().map(|p| (p, ready)));
+            return;
+        }
+        self.throttler.set_cluster_ip(None);
         self.throttler.set_pods(pods);
     }
+}
+
+/// Probes one destination and reports how it went.
+async fn probe_one(
+    addr: SocketAddr,
+    pod: Arc<Pod>,
+    timeout: Duration,
+    extra: Vec<(HeaderName, HeaderValue)>,
+    done: mpsc::UnboundedSender<(Arc<Pod>, Outcome)>,
+) {
+    let outcome = match probe::queue(addr, &extra, timeout).await {
+        Ok(QueueProbe::Ready) => Outcome::Ready,
+        Ok(QueueProbe::NotReady { status, maybe_mesh }) => {
+            tracing::debug!(%addr, %status, "pod not ready yet");
+            Outcome::NotReady { maybe_mesh }
+        }
+        Err(e) => {
+            tracing::debug!(%addr, error = %e, "pod probe failed");
+            Outcome::Failed
+        }
+    };
+    let _ = done.send((pod, outcome));
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {

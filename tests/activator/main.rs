@@ -6,6 +6,7 @@ mod autoscaler;
 mod cold_start;
 mod drain;
 mod kube;
+mod mesh;
 mod protocols;
 mod reload;
 mod retry;

@@ -42,14 +42,26 @@ struct Entry {
     endpoints: Vec<String>,
     #[serde(default)]
     protocol: Option<String>,
+    /// The private service's `ClusterIP:port`, for the mesh fallback.
+    #[serde(default)]
+    private_service: Option<String>,
 }
 
 fn default_timeout() -> u64 {
     300
 }
 
-/// A parsed file: each revision with its spec and endpoints.
-pub(crate) type Revisions = Vec<(RevId, RevisionSpec, Vec<SocketAddr>)>;
+/// One revision of the file.
+#[derive(Debug)]
+pub(crate) struct Listed {
+    pub(crate) id: RevId,
+    pub(crate) spec: RevisionSpec,
+    pub(crate) endpoints: Vec<SocketAddr>,
+    pub(crate) private_service: Option<SocketAddr>,
+}
+
+/// A parsed file.
+pub(crate) type Revisions = Vec<Listed>;
 
 /// Parses the file's text; errors name the revision and field.
 pub(crate) fn parse(text: &str) -> Result<Revisions, String> {
@@ -82,6 +94,13 @@ pub(crate) fn parse(text: &str) -> Result<Revisions, String> {
                     .map_err(|_| format!("{at}.endpoints: {ep:?} is not an ip:port"))?,
             );
         }
+        let private_service = match &e.private_service {
+            None => None,
+            Some(s) => Some(
+                s.parse::<SocketAddr>()
+                    .map_err(|_| format!("{at}.privateService: {s:?} is not an ip:port"))?,
+            ),
+        };
         let id = RevId {
             namespace: e.namespace,
             name: e.name,
@@ -100,7 +119,12 @@ pub(crate) fn parse(text: &str) -> Result<Revisions, String> {
             protocol,
             probe_optimisation: true,
         };
-        out.push((id, spec, endpoints));
+        out.push(Listed {
+            id,
+            spec,
+            endpoints,
+            private_service,
+        });
     }
     Ok(out)
 }
@@ -147,8 +171,15 @@ impl FileSource {
 
 fn apply(registry: &Registry, known: &mut HashSet<RevId>, revisions: Revisions) {
     let mut now = HashSet::with_capacity(revisions.len());
-    for (id, spec, endpoints) in revisions {
+    for Listed {
+        id,
+        spec,
+        endpoints,
+        private_service,
+    } in revisions
+    {
         registry.upsert(&id, spec);
+        registry.set_private_service(&id, private_service);
         // Listed endpoints count as ready; each is still probed before it gets traffic.
         registry.set_endpoints(
             &id,
@@ -222,9 +253,10 @@ mod tests {
     fn parses_the_documented_shape_and_names_bad_fields() {
         let ok = parse(r#"{"revisions":[{"namespace":"default","name":"hello-00001","containerConcurrency":0,"timeoutSeconds":300,"endpoints":["127.0.0.1:8012"],"protocol":"h2c","idleTimeoutSeconds":5}]}"#).unwrap();
         assert_eq!(ok.len(), 1);
-        assert_eq!(ok[0].1.protocol, Protocol::H2c);
-        assert_eq!(ok[0].1.timeouts.idle, Some(Duration::from_secs(5)));
-        assert_eq!(ok[0].1.timeouts.response_start, None);
+        assert_eq!(ok[0].spec.protocol, Protocol::H2c);
+        assert_eq!(ok[0].spec.timeouts.idle, Some(Duration::from_secs(5)));
+        assert_eq!(ok[0].spec.timeouts.response_start, None);
+        assert_eq!(ok[0].private_service, None);
 
         let e = parse(r#"{"revisions":[{"namespace":"d","name":"r","endpoints":["nope"]}]}"#)
             .unwrap_err();

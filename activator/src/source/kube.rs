@@ -640,8 +640,10 @@ impl Source for KubeSource {
             let revisions =
                 watch(revisions, watcher::Config::default(), "revisions").map(Change::Revision);
             let mut watches = vec![private.boxed(), public.boxed(), revisions.boxed()];
-            if self.mesh == MeshMode::Enabled {
-                // Only this mode needs Services; the watch costs memory in a large cluster.
+            if self.mesh == MeshMode::Enabled || (self.mesh == MeshMode::Auto && !self.passthrough)
+            {
+                // Only these modes route through the ClusterIP; the watch costs memory in a
+                // large cluster, so `disabled` and passthrough go without it.
                 watches.push(
                     watch(
                         services,
