@@ -26,12 +26,15 @@ enum Kind {
     Private,
     Public,
     Revisions,
+    /// Private Services, watched for the mesh fallback to their ClusterIP.
+    Services,
 }
 
 impl Kind {
     fn bookmark(self, rv: u64) -> Value {
         let (api_version, kind) = match self {
             Kind::Revisions => ("serving.knative.dev/v1", "Revision"),
+            Kind::Services => ("v1", "Service"),
             _ => ("v1", "Endpoints"),
         };
         json!({"apiVersion": api_version, "kind": kind, "metadata": {"resourceVersion": rv.to_string()}})
@@ -40,6 +43,7 @@ impl Kind {
     fn list_kind(self) -> (&'static str, &'static str) {
         match self {
             Kind::Revisions => ("serving.knative.dev/v1", "RevisionList"),
+            Kind::Services => ("v1", "ServiceList"),
             _ => ("v1", "EndpointsList"),
         }
     }
@@ -287,6 +291,7 @@ fn serve(state: &Mutex<ApiState>, uri: &http::Uri) -> Response<Body> {
             }
         }
         "/apis/serving.knative.dev/v1/revisions" => Kind::Revisions,
+        "/api/v1/services" => Kind::Services,
         _ => return json_response(StatusCode::NOT_FOUND, &json!({})),
     };
     let rv = s.rv;
