@@ -25,7 +25,8 @@ pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
 
 env POD_NAME=activator-local SYSTEM_NAMESPACE=knative-serving \
-    target/release/activator --revisions "$work/revisions.json" --ready-without-autoscaler &
+    target/release/activator --revisions "$work/revisions.json" --ready-without-autoscaler \
+    --drain-seconds 0 &
 pids+=($!)
 echo "activator up; the pod starts in 5 s: send a request now to watch it wait" >&2
 sleep 5
