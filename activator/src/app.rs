@@ -22,6 +22,7 @@ use crate::{
     autoscaler::{self, ConnStats},
     config::Config,
     handler::{Activator, Health, Shared},
+    local::LocalSource,
     metrics,
     revisions::{MeshMode, Registry, Settings},
     source::{Source, file::FileSource, kube::KubeSource},
@@ -32,14 +33,21 @@ pub(crate) async fn run(config: Config) -> Result<(), String> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
 
-    let (source, mesh, passthrough): (Box<dyn Source>, _, _) = match &config.args.revisions {
-        Some(path) => (Box::new(FileSource::load(path)?), MeshMode::Auto, false),
-        None => {
-            let kube = KubeSource::connect(&config.system_namespace).await?;
-            let (mesh, passthrough) = (kube.mesh, kube.passthrough);
-            (Box::new(kube), mesh, passthrough)
-        }
-    };
+    let local = config.args.local.is_some();
+    let (source, mesh, passthrough): (Box<dyn Source>, _, _) =
+        match (&config.args.revisions, &config.args.local) {
+            (_, Some(path)) => (
+                Box::new(LocalSource::load(path, config.args.queue_proxy.clone())?),
+                MeshMode::Auto,
+                false,
+            ),
+            (Some(path), None) => (Box::new(FileSource::load(path)?), MeshMode::Auto, false),
+            (None, None) => {
+                let kube = KubeSource::connect(&config.system_namespace).await?;
+                let (mesh, passthrough) = (kube.mesh, kube.passthrough);
+                (Box::new(kube), mesh, passthrough)
+            }
+        };
     let registry = Registry::new(
         Settings {
             probe_frequency: config.probe_frequency,
@@ -57,18 +65,25 @@ pub(crate) async fn run(config: Config) -> Result<(), String> {
         },
         config.args.max_pending_total,
     );
-    let health = Health::new(!config.args.ready_without_autoscaler);
+    // Local mode has no autoscaler: instances are scaled here.
+    let health = Health::new(!config.args.ready_without_autoscaler && !local);
     let draining = health.clone();
     let conn = Arc::new(ConnStats::default());
     let (pokes_tx, pokes) = mpsc::channel(1024);
-    autoscaler::spawn(
-        config.autoscaler_url(),
-        config.pod_name.clone(),
-        registry.clone(),
-        health.clone(),
-        conn.clone(),
-        pokes,
-    );
+    if local {
+        // Nobody reads the pokes: drain them so that the request path never finds them full.
+        let mut pokes = pokes;
+        tokio::spawn(async move { while pokes.recv().await.is_some() {} });
+    } else {
+        autoscaler::spawn(
+            config.autoscaler_url(),
+            config.pod_name.clone(),
+            registry.clone(),
+            health.clone(),
+            conn.clone(),
+            pokes,
+        );
+    }
     let mut source_task = tokio::spawn(source.run(registry.clone()));
     // As upstream waits for its informers: serving before the first full list would answer 404
     // for revisions that exist.
@@ -90,6 +105,7 @@ pub(crate) async fn run(config: Config) -> Result<(), String> {
         registry: registry.clone(),
         health: health.clone(),
         cluster_domain: config.cluster_domain.clone(),
+        local,
         pokes: pokes_tx,
     });
     let edge = EdgeLayer::new(
@@ -162,7 +178,10 @@ pub(crate) async fn run(config: Config) -> Result<(), String> {
         // A second signal means now.
         std::process::exit(1);
     });
-    tokio::time::sleep(Duration::from_secs(config.args.drain_seconds)).await;
+    // Locally nobody needs time to take this activator out of rotation.
+    if !local {
+        tokio::time::sleep(Duration::from_secs(config.args.drain_seconds)).await;
+    }
     drain.start();
     drain.idle().await;
     tracing::info!("shutdown complete");

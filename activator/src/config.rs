@@ -19,8 +19,22 @@ pub(crate) const DEFAULT_MAX_PENDING_TOTAL: usize = 50_000;
 #[command(name = "activator", version, about)]
 pub(crate) struct Args {
     /// Read revisions and their endpoints from this JSON file instead of Kubernetes.
-    #[arg(long, value_name = "FILE", env = "ACTIVATOR_REVISIONS_FILE")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "ACTIVATOR_REVISIONS_FILE",
+        conflicts_with = "local"
+    )]
     pub(crate) revisions: Option<PathBuf>,
+
+    /// Local mode: run the services of this TOML file on this machine, scaling their instances
+    /// (each an app behind a queue-proxy) from zero on demand.
+    #[arg(long, value_name = "FILE", env = "ACTIVATOR_LOCAL_FILE")]
+    pub(crate) local: Option<PathBuf>,
+
+    /// The queue-proxy binary for local mode (default: beside this executable).
+    #[arg(long, value_name = "PATH", env = "ACTIVATOR_QUEUE_PROXY")]
+    pub(crate) queue_proxy: Option<PathBuf>,
 
     /// The autoscaler's websocket; default
     /// `ws://autoscaler.<SYSTEM_NAMESPACE>.svc.<cluster domain>:8080`.
@@ -127,7 +141,7 @@ impl Config {
     /// Reads the environment. Problems are reported all at once, each naming its key.
     pub(crate) fn load(args: Args) -> Result<Self, Vec<String>> {
         let mut problems = Vec::new();
-        let kubernetes = args.revisions.is_none();
+        let kubernetes = args.revisions.is_none() && args.local.is_none();
         let mut required = |key: &str| match var(key).filter(|v| !v.is_empty()) {
             Some(v) => v,
             None => {

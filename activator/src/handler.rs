@@ -83,6 +83,8 @@ pub(crate) struct Shared {
     pub(crate) registry: Registry,
     pub(crate) health: Arc<Health>,
     pub(crate) cluster_domain: String,
+    /// Local mode: a Host `NAME.localhost` names service NAME.
+    pub(crate) local: bool,
     /// First requests of idle revisions, for the autoscaler's immediate poke.
     pub(crate) pokes: mpsc::Sender<Arc<Revision>>,
 }
@@ -186,7 +188,7 @@ impl Service<Request<Incoming>> for Activator {
             req.headers_mut().remove(headers::K_NETWORK_HASH);
         }
 
-        let rev = match identify(&req, &self.shared.cluster_domain) {
+        let rev = match identify(&req, &self.shared.cluster_domain, self.shared.local) {
             Some((namespace, name)) => self.shared.registry.get(namespace, name).ok_or(name),
             None => Err(""),
         };
@@ -259,7 +261,11 @@ where
 
 /// The revision a request is for: the revision headers, else a Host of the form
 /// `name.namespace.svc.<cluster domain>`.
-fn identify<'a, B>(req: &'a Request<B>, cluster_domain: &str) -> Option<(&'a str, &'a str)> {
+fn identify<'a, B>(
+    req: &'a Request<B>,
+    cluster_domain: &str,
+    local: bool,
+) -> Option<(&'a str, &'a str)> {
     let h = req.headers();
     let ns = find(h, &headers::KNATIVE_SERVING_NAMESPACE).and_then(|v| v.to_str().ok());
     let name = find(h, &headers::KNATIVE_SERVING_REVISION).and_then(|v| v.to_str().ok());
@@ -272,6 +278,15 @@ fn identify<'a, B>(req: &'a Request<B>, cluster_domain: &str) -> Option<(&'a str
     let host = find(h, &header::HOST)
         .and_then(|v| v.to_str().ok())
         .or_else(|| req.uri().authority().map(uri::Authority::as_str))?;
+    if local {
+        let bare = host.rsplit_once(':').map_or(host, |(h, _)| h);
+        if let Some(name) = bare.strip_suffix(".localhost")
+            && !name.is_empty()
+            && !name.contains('.')
+        {
+            return Some((crate::local::NAMESPACE, name));
+        }
+    }
     let mut parts = host.splitn(4, '.');
     let (name, ns, svc, domain) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     let domain = match domain.rsplit_once(':') {
@@ -433,16 +448,34 @@ mod tests {
     fn revisions_are_identified_by_headers_then_host() {
         let d = "cluster.local";
         assert_eq!(
-            identify(&req("x", Some("ns"), Some("r")), d),
+            identify(&req("x", Some("ns"), Some("r")), d, false),
             Some(("ns", "r"))
         );
         assert_eq!(
-            identify(&req("r-1.ns.svc.cluster.local:80", Some(""), Some("r")), d),
+            identify(
+                &req("r-1.ns.svc.cluster.local:80", Some(""), Some("r")),
+                d,
+                false
+            ),
             Some(("ns", "r-1"))
         );
-        assert_eq!(identify(&req("r-1.ns.svc.other.org", None, None), d), None);
-        assert_eq!(identify(&req("r-1.ns.example.com", None, None), d), None);
-        assert_eq!(identify(&req("r-1.ns", None, None), d), None);
+        assert_eq!(
+            identify(&req("r-1.ns.svc.other.org", None, None), d, false),
+            None
+        );
+        assert_eq!(
+            identify(&req("r-1.ns.example.com", None, None), d, false),
+            None
+        );
+        assert_eq!(identify(&req("r-1.ns", None, None), d, false), None);
+        assert_eq!(
+            identify(&req("hello.localhost:8012", None, None), d, true),
+            Some(("default", "hello"))
+        );
+        assert_eq!(
+            identify(&req("hello.localhost", None, None), d, false),
+            None
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@ mod app;
 mod autoscaler;
 mod config;
 mod handler;
+mod local;
 mod metrics;
 mod revisions;
 mod source;

@@ -127,6 +127,10 @@ pub struct Throttler {
     waiting: AtomicUsize,
     active: AtomicUsize,
     demand: Notify,
+    /// Arrivals and departures, for a scaler that decides on each; only signalled once someone
+    /// listens, so the request path pays one relaxed load otherwise.
+    activity: Notify,
+    watched: std::sync::atomic::AtomicBool,
 }
 
 struct State {
@@ -181,6 +185,8 @@ impl Throttler {
             waiting: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
             demand: Notify::new(),
+            activity: Notify::new(),
+            watched: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -220,6 +226,19 @@ impl Throttler {
         self.demand.notified().await;
     }
 
+    /// Resolves at the next arrival or departure (or at once if one happened since the last
+    /// call): for a scaler that sizes the revision on every change of load.
+    pub async fn activity(&self) {
+        self.watched.store(true, Ordering::Relaxed);
+        self.activity.notified().await;
+    }
+
+    fn signal_activity(&self) {
+        if self.watched.load(Ordering::Relaxed) {
+            self.activity.notify_one();
+        }
+    }
+
     /// Takes a slot on a pod, waiting for one if none is free.
     ///
     /// Fails at once with [`QueueFull`] when the request would have to wait and the queue is full.
@@ -228,7 +247,10 @@ impl Throttler {
         let rx = {
             let mut st = self.lock();
             if let Some(pod) = pick(&mut st) {
-                return Ok(self.lease(pod));
+                let lease = self.lease(pod);
+                drop(st);
+                self.signal_activity();
+                return Ok(lease);
             }
             if self.waiting.load(Ordering::Relaxed) >= self.max_waiting || !self.total.try_add() {
                 return Err(QueueFull::default());
@@ -244,6 +266,7 @@ impl Throttler {
             rx
         };
         self.demand.notify_one();
+        self.signal_activity();
         let _place = Place(self);
         // The sender lives in the queue until it hands over a lease; it is dropped unused only
         // once this receiver is gone.
@@ -338,14 +361,15 @@ impl Throttler {
         if self.cc.load(Ordering::Relaxed) == 0 {
             pod.in_flight.fetch_sub(1, Ordering::Relaxed);
             self.active.fetch_sub(1, Ordering::Relaxed);
-            return;
+        } else {
+            // Freed under the lock, so that the slot goes to the oldest waiter and not to a
+            // request arriving on another thread in between.
+            let mut st = self.lock();
+            pod.in_flight.fetch_sub(1, Ordering::Relaxed);
+            self.active.fetch_sub(1, Ordering::Relaxed);
+            self.dispatch(&mut st);
         }
-        // Freed under the lock, so that the slot goes to the oldest waiter and not to a request
-        // arriving on another thread in between.
-        let mut st = self.lock();
-        pod.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.active.fetch_sub(1, Ordering::Relaxed);
-        self.dispatch(&mut st);
+        self.signal_activity();
     }
 }
 

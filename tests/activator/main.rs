@@ -6,6 +6,7 @@ mod autoscaler;
 mod cold_start;
 mod drain;
 mod kube;
+mod local;
 mod mesh;
 mod protocols;
 mod reload;

@@ -57,6 +57,8 @@ pub fn binary(name: &str) -> PathBuf {
             "-p",
             "activator",
             "--bins",
+            "--example",
+            "hello",
         ]);
         // What `cargo test` sets for this test crate would reach build scripts that watch it
         // (ring's): each test run and each plain build would then rebuild half the tree.

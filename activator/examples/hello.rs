@@ -1,0 +1,39 @@
+//! The sample app for local mode: answers every request with `Hello World!` on `$PORT`.
+//!
+//! Small and quick to start on purpose: a cold start measured with it is mostly the data plane's.
+
+use std::{convert::Infallible, net::SocketAddr};
+
+use bytes::Bytes;
+use http::Response;
+use http_body_util::Full;
+use hyper::{server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> std::io::Result<()> {
+    let port: u16 = match std::env::var("PORT").map(|p| p.parse()) {
+        Ok(Ok(p)) => p,
+        Ok(Err(_)) => {
+            eprintln!("hello: PORT is not a port number");
+            std::process::exit(1);
+        }
+        Err(_) => 8080,
+    };
+    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+    eprintln!("hello: listening on {}", listener.local_addr()?);
+    loop {
+        let (stream, _) = listener.accept().await?;
+        tokio::spawn(async move {
+            let svc = service_fn(|_req| async {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                    b"Hello World!\n",
+                ))))
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
