@@ -1,6 +1,7 @@
 //! The sample app for local mode: answers every request with `Hello World!` on `$PORT`.
 //!
 //! Small and quick to start on purpose: a cold start measured with it is mostly the data plane's.
+//! `?sleep=MS` holds the answer for that long, as Knative's autoscaling sample does, to make load.
 
 use std::{convert::Infallible, net::SocketAddr};
 
@@ -26,7 +27,15 @@ async fn main() -> std::io::Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
         tokio::spawn(async move {
-            let svc = service_fn(|_req| async {
+            let svc = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                let sleep = req
+                    .uri()
+                    .query()
+                    .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("sleep=")))
+                    .and_then(|ms| ms.parse::<u64>().ok());
+                if let Some(ms) = sleep {
+                    tokio::time::sleep(std::time::Duration::from_millis(ms.min(60_000))).await;
+                }
                 Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
                     b"Hello World!\n",
                 ))))

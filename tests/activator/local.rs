@@ -52,9 +52,13 @@ impl Local {
     }
 
     async fn get(&self, service: &str) -> tests::Collected {
+        self.get_path(service, "/").await
+    }
+
+    async fn get_path(&self, service: &str, path: &str) -> tests::Collected {
         get(
             &format!(
-                "http://127.0.0.1:{}/",
+                "http://127.0.0.1:{}{path}",
                 self.process.port("ACTIVATOR_HTTP1_PORT")
             ),
             &[("host", &format!("{service}.localhost"))],
@@ -200,4 +204,72 @@ fn bad_toml_exits_1_naming_the_key_and_line() {
         text.contains("max_scael") && text.contains("line 4"),
         "{text}"
     );
+}
+
+/// Apps (not queue-proxies) of a service, by the marker only the apps carry.
+fn apps(name: &str) -> Vec<u32> {
+    let needle = format!("LOCAL_TEST_MARKER={name}");
+    instances(name)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn cc_1_scales_out_under_concurrent_load() {
+    let name = "hello-cc1";
+    let local = std::sync::Arc::new(Local::start(&format!(
+        "{}container_concurrency = 1\nmax_scale = 3\n",
+        service(name, 30)
+    )));
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let local = local.clone();
+        tasks.push(tokio::spawn(async move {
+            local.get_path(name, "/?sleep=300").await.status
+        }));
+    }
+    // Three requests at once with cc 1 want three instances, the most allowed.
+    eventually(Duration::from_secs(5), "three instances", || async {
+        apps(name).len() == 3
+    })
+    .await;
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200, "{}", local.process.logs());
+    }
+    assert!(apps(name).len() <= 3, "never above max_scale");
+}
+
+#[tokio::test]
+async fn a_crashed_instance_is_replaced_and_requests_keep_succeeding() {
+    let name = "hello-crash";
+    let local = Local::start(&service(name, 30));
+    assert_eq!(local.get(name).await.status, 200);
+    let before = apps(name);
+    assert_eq!(before.len(), 1);
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &before[0].to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The crash is noticed at once (a request already on its way to the dead app gets the
+    // queue-proxy's 502, as upstream); from then on requests get a new instance.
+    eventually(Duration::from_secs(2), "the exit noticed", || async {
+        local.process.logs().contains("instance exited")
+    })
+    .await;
+    for _ in 0..10 {
+        assert_eq!(
+            local.get(name).await.status,
+            200,
+            "{}",
+            local.process.logs()
+        );
+    }
+    let after = apps(name);
+    assert_eq!(after.len(), 1);
+    assert_ne!(after, before, "a new instance");
 }
