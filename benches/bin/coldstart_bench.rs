@@ -225,16 +225,18 @@ fn pct(v: &[f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
-/// A strip plot of each distribution, one row per series, on a shared millisecond axis.
+/// A strip plot of each distribution, one row per series, on a shared logarithmic millisecond
+/// axis (the apps' own starts differ by a factor of forty), with each median marked.
 fn svg(series: &[(String, Vec<f64>)]) -> String {
     let max = series
         .iter()
         .flat_map(|(_, v)| v.iter().copied())
-        .fold(1.0_f64, f64::max)
-        * 1.05;
+        .fold(10.0_f64, f64::max)
+        * 1.2;
+    let (lo, hi) = (0.0_f64, max.log10());
     let (left, width, row) = (230.0, 560.0, 40.0);
     let height = row * series.len() as f64 + 60.0;
-    let x = |v: f64| left + v / max * width;
+    let x = |v: f64| left + (v.max(1.0).log10() - lo) / (hi - lo) * width;
     let mut out = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{height}\" \
          font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n",
@@ -266,8 +268,10 @@ fn svg(series: &[(String, Vec<f64>)]) -> String {
         "<line x1=\"{left}\" x2=\"{}\" y1=\"{axis_y}\" y2=\"{axis_y}\" stroke=\"black\"/>\n",
         left + width
     ));
-    for k in 0..=5 {
-        let v = max * f64::from(k) / 5.0;
+    for v in [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0] {
+        if v > max {
+            break;
+        }
         out.push_str(&format!(
             "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{v:.0} ms</text>\n",
             x(v),
