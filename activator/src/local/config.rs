@@ -79,6 +79,25 @@ impl Service {
     }
 }
 
+/// The line (1-based) where `key` is set in the `index`-th `[[service]]` table, if it is.
+fn line_of(text: &str, index: usize, key: &str) -> Option<usize> {
+    let mut table = None::<usize>;
+    for (n, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.starts_with("[[service]]") {
+            table = Some(table.map_or(0, |i| i + 1));
+            continue;
+        }
+        if table == Some(index)
+            && let Some(rest) = t.strip_prefix(key)
+            && rest.trim_start().starts_with('=')
+        {
+            return Some(n + 1);
+        }
+    }
+    None
+}
+
 /// Reads and checks the file; errors name the key and, where the parser knows it, the line.
 pub(crate) fn load(path: &Path) -> Result<Vec<Service>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -104,40 +123,45 @@ pub(crate) fn parse(text: &str, base: &Path) -> Result<Vec<Service>, String> {
     let mut out = Vec::with_capacity(file.service.len());
     for (i, raw) in file.service.into_iter().enumerate() {
         let at = format!("service[{i}] ({})", raw.name);
+        let bad = |key: &str, msg: String| match line_of(text, i, key) {
+            Some(l) => format!("line {l}: {at}.{key}: {msg}"),
+            None => format!("{at}.{key}: {msg}"),
+        };
         if raw.name.is_empty()
             || !raw
                 .name
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         {
-            return Err(format!(
-                "{at}.name: {:?} must be lower-case letters, digits and '-'",
-                raw.name
+            return Err(bad(
+                "name",
+                format!("{:?} must be lower-case letters, digits and '-'", raw.name),
             ));
         }
         if out.iter().any(|s: &Service| s.name == raw.name) {
-            return Err(format!("{at}.name: listed twice"));
+            return Err(bad("name", "listed twice".to_owned()));
         }
         let Some((program, args)) = raw.command.split_first() else {
-            return Err(format!("{at}.command: must name a program"));
+            return Err(bad("command", "must name a program".to_owned()));
         };
         if raw.max_scale == 0 {
-            return Err(format!("{at}.max_scale: must be at least 1"));
+            return Err(bad("max_scale", "must be at least 1".to_owned()));
         }
         if raw.min_scale > raw.max_scale {
-            return Err(format!(
-                "{at}.min_scale: {} is above max_scale {}",
-                raw.min_scale, raw.max_scale
+            return Err(bad(
+                "min_scale",
+                format!("{} is above max_scale {}", raw.min_scale, raw.max_scale),
             ));
         }
         if raw.timeout_seconds == 0 {
-            return Err(format!("{at}.timeout_seconds: must be at least 1"));
+            return Err(bad("timeout_seconds", "must be at least 1".to_owned()));
         }
         if let Some(r) = &raw.readiness
             && !r.starts_with('/')
         {
-            return Err(format!(
-                "{at}.readiness: {r:?} must be a path starting with '/'"
+            return Err(bad(
+                "readiness",
+                format!("{r:?} must be a path starting with '/'"),
             ));
         }
         let program = PathBuf::from(program);
@@ -201,6 +225,16 @@ readiness = "/healthz"
             "a bare name is looked up in PATH"
         );
         assert_eq!(bare[0].max_scale, 4);
+    }
+
+    #[test]
+    fn checks_after_parsing_also_name_the_line() {
+        let e = parse(
+            "[[service]]\nname = \"a\"\ncommand = [\"x\"]\n\n[[service]]\nname = \"b\"\ncommand = [\"x\"]\nmin_scale = 5\nmax_scale = 2\n",
+            Path::new("."),
+        )
+        .unwrap_err();
+        assert!(e.starts_with("line 8: service[1] (b).min_scale"), "{e}");
     }
 
     #[test]
