@@ -128,23 +128,26 @@ pub(crate) async fn run(config: Config) -> Result<(), String> {
     let metrics_listener = bind(config.args.metrics_port, "ACTIVATOR_METRICS_PORT")?;
     tasks.spawn(Server::new(&server_config).serve(
         metrics_listener,
-        move |_| {
-            let (registry, health, conn) = (registry.clone(), health.clone(), conn.clone());
-            service_fn(move |req: Request<Incoming>| {
-                let res = if req.uri().path() == "/metrics" {
-                    let mut res = Response::new(Full::new(Bytes::from(metrics::render(
-                        &registry, &health, &conn,
-                    ))));
-                    res.headers_mut().insert(
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                    );
-                    res
-                } else {
-                    proxy_core::edge::text(StatusCode::NOT_FOUND, "404 page not found\n")
-                };
-                std::future::ready(Ok::<_, Infallible>(res))
-            })
+        {
+            let registry = registry.clone();
+            move |_| {
+                let (registry, health, conn) = (registry.clone(), health.clone(), conn.clone());
+                service_fn(move |req: Request<Incoming>| {
+                    let res = if req.uri().path() == "/metrics" {
+                        let mut res = Response::new(Full::new(Bytes::from(metrics::render(
+                            &registry, &health, &conn,
+                        ))));
+                        res.headers_mut().insert(
+                            header::CONTENT_TYPE,
+                            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                        );
+                        res
+                    } else {
+                        proxy_core::edge::text(StatusCode::NOT_FOUND, "404 page not found\n")
+                    };
+                    std::future::ready(Ok::<_, Infallible>(res))
+                })
+            }
         },
         drain.clone(),
     ));
@@ -184,6 +187,11 @@ pub(crate) async fn run(config: Config) -> Result<(), String> {
     }
     drain.start();
     drain.idle().await;
+    // A source that runs processes (local mode) stops them now, and is given a moment to.
+    registry.stop();
+    if local {
+        let _ = tokio::time::timeout(Duration::from_secs(3), &mut source_task).await;
+    }
     tracing::info!("shutdown complete");
     Ok(())
 }

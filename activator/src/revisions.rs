@@ -183,6 +183,8 @@ struct Inner {
     total: Arc<QueueLimit>,
     /// Set once the source has listed everything at least once.
     synced: watch::Sender<bool>,
+    /// Set when the activator is stopping, for sources that own processes.
+    stopping: watch::Sender<bool>,
 }
 
 impl Registry {
@@ -193,6 +195,7 @@ impl Registry {
                 settings,
                 total: QueueLimit::new(max_pending_total),
                 synced: watch::channel(false).0,
+                stopping: watch::channel(false).0,
             }),
         }
     }
@@ -207,6 +210,17 @@ impl Registry {
     /// Resolves once the source has listed everything.
     pub(crate) async fn synced(&self) {
         let mut rx = self.inner.synced.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    /// Tells the source that the activator is stopping.
+    pub(crate) fn stop(&self) {
+        self.inner.stopping.send_replace(true);
+    }
+
+    /// Resolves once the activator is stopping.
+    pub(crate) async fn stopping(&self) {
+        let mut rx = self.inner.stopping.subscribe();
         let _ = rx.wait_for(|s| *s).await;
     }
 

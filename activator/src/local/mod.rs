@@ -87,11 +87,15 @@ impl Source for LocalSource {
                 scalers.spawn(scale(svc, id, registry.clone(), spawner.clone()));
             }
             registry.mark_synced();
-            match scalers.join_next().await {
-                Some(Ok(Err(e))) => Err(e),
-                Some(other) => Err(format!("a local scaler stopped: {other:?}")),
-                None => std::future::pending().await,
+            while let Some(done) = scalers.join_next().await {
+                match done {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(e),
+                    Err(e) => return Err(format!("a local scaler failed: {e}")),
+                }
             }
+            // Every scaler returns only once the activator stops.
+            Ok(())
         })
     }
 }
@@ -165,9 +169,28 @@ async fn scale(
                 }
             }
             () = sleep_until_opt(idle_deadline) => {}
+            () = registry.stopping() => {
+                // Drain every instance and wait (briefly) for its two processes to end.
+                let mut pending = instances.len() * 2;
+                for (_, instance) in instances.drain() {
+                    instance.stop();
+                }
+                publish(&registry, &id, &instances);
+                let deadline = Instant::now() + STOP_WAIT;
+                while pending > 0 {
+                    match tokio::time::timeout_at(deadline, exits.recv()).await {
+                        Ok(Some(_)) => pending -= 1,
+                        _ => break,
+                    }
+                }
+                return Ok(());
+            }
         }
     }
 }
+
+/// How long stopping waits for instances to end; their queue-proxies drain for 1 s.
+const STOP_WAIT: Duration = Duration::from_millis(2500);
 
 /// The revision's endpoints: every instance's queue-proxy, each probed before it gets traffic.
 fn publish(registry: &Registry, id: &RevId, instances: &HashMap<u32, Instance>) {
