@@ -1,22 +1,19 @@
 //! Assembles the activator from proxy-core's parts and the chosen source, serves, and drains.
 
-use std::{convert::Infallible, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::Full;
-use hyper::body::Incoming;
 use proxy_core::{
     client::ClientConfig,
     drain::Drain,
-    edge::{EdgeLayer, Texts},
+    edge::{self, EdgeLayer, Texts},
     server::{self, ConnInfo, Server, ServerConfig},
 };
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::mpsc,
 };
-use tower::{Layer, service_fn};
+use tower::Layer;
 
 use crate::{
     autoscaler::{self, ConnStats},
@@ -122,30 +119,18 @@ pub(crate) async fn run(config: Config) -> Result<(), String> {
         (config.args.http1_port, "ACTIVATOR_HTTP1_PORT"),
         (config.args.h2c_port, "ACTIVATOR_H2C_PORT"),
     ] {
-        let listener = bind(port, key)?;
+        let listener = server::listen(port, key)?;
         tasks.spawn(Server::new(&server_config).serve(listener, make.clone(), drain.clone()));
     }
-    let metrics_listener = bind(config.args.metrics_port, "ACTIVATOR_METRICS_PORT")?;
+    let metrics_listener = server::listen(config.args.metrics_port, "ACTIVATOR_METRICS_PORT")?;
     tasks.spawn(Server::new(&server_config).serve(
         metrics_listener,
         {
             let registry = registry.clone();
             move |_| {
                 let (registry, health, conn) = (registry.clone(), health.clone(), conn.clone());
-                service_fn(move |req: Request<Incoming>| {
-                    let res = if req.uri().path() == "/metrics" {
-                        let mut res = Response::new(Full::new(Bytes::from(metrics::render(
-                            &registry, &health, &conn,
-                        ))));
-                        res.headers_mut().insert(
-                            header::CONTENT_TYPE,
-                            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                        );
-                        res
-                    } else {
-                        proxy_core::edge::text(StatusCode::NOT_FOUND, "404 page not found\n")
-                    };
-                    std::future::ready(Ok::<_, Infallible>(res))
+                edge::metrics_page("text/plain; version=0.0.4; charset=utf-8", move || {
+                    Bytes::from(metrics::render(&registry, &health, &conn))
                 })
             }
         },
@@ -194,12 +179,4 @@ pub(crate) async fn run(config: Config) -> Result<(), String> {
     }
     tracing::info!("shutdown complete");
     Ok(())
-}
-
-fn bind(port: u16, key: &str) -> Result<tokio::net::TcpListener, String> {
-    let listener =
-        server::bind_any(port).map_err(|e| format!("{key}: cannot listen on port {port}: {e}"))?;
-    let bound = listener.local_addr().map(|a| a.port()).unwrap_or(port);
-    tracing::info!(port = bound, "listening ({key})");
-    Ok(listener)
 }

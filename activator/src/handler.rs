@@ -24,7 +24,7 @@ use proxy_core::{
     edge,
     headers::{self, find},
     proxy::{self, Prepared},
-    stats::InFlight,
+    stats::{self, InFlight},
     throttler::Lease,
     timeout::{TimeoutBody, TimeoutLayer},
 };
@@ -119,7 +119,9 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send>>;
 /// The future of [`Activator`]: an answer of its own, or the forwarded request.
 type ActivatorFuture = Either<
     std::future::Ready<Result<Response<ResBody>, BoxError>>,
-    Counted<proxy_core::timeout::ResponseFuture<BoxFuture<Response<Guarded<Body, Lease>>>>>,
+    stats::ResponseFuture<
+        proxy_core::timeout::ResponseFuture<BoxFuture<Response<Guarded<Body, Lease>>>>,
+    >,
 >;
 
 fn answer(status: StatusCode, body: impl Into<Bytes>) -> ActivatorFuture {
@@ -225,37 +227,7 @@ impl Service<Request<Incoming>> for Activator {
             passthrough: self.passthrough,
         };
         let inner = TimeoutLayer::new(spec.timeouts).layer(activate).call(req);
-        Either::Right(Counted {
-            inner,
-            in_flight: Some(in_flight),
-        })
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// Hands the request's place in the statistics to its response body, which keeps it until
-    /// the last byte (or, upgraded, until the tunnel closes).
-    pub(crate) struct Counted<F> {
-        #[pin]
-        inner: F,
-        in_flight: Option<InFlight>,
-    }
-}
-
-impl<F, B> Future for Counted<F>
-where
-    F: Future<Output = Result<Response<B>, BoxError>>,
-{
-    type Output = Result<Response<Guarded<B, InFlight>>, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let res = std::task::ready!(this.inner.poll(cx))?;
-        let in_flight = this.in_flight.take();
-        Poll::Ready(Ok(res.map(|b| match in_flight {
-            Some(g) => Guarded::new(b, g),
-            None => Guarded::unguarded(b),
-        })))
+        Either::Right(stats::ResponseFuture::new(inner, Some(in_flight)))
     }
 }
 

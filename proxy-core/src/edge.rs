@@ -85,6 +85,33 @@ pub fn text<B: FromBytes>(status: StatusCode, body: impl Into<Bytes>) -> Respons
     res
 }
 
+/// A service for a metrics port: `GET /metrics` answers `render()` as `content_type`, any other
+/// path 404 as Go's mux does.
+pub fn metrics_page<R>(
+    content_type: &'static str,
+    render: R,
+) -> impl tower::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = Response<http_body_util::Full<Bytes>>,
+    Error = Infallible,
+    Future = std::future::Ready<Result<Response<http_body_util::Full<Bytes>>, Infallible>>,
+> + Clone
+where
+    R: Fn() -> Bytes + Clone + Send + 'static,
+{
+    tower::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let res = if req.uri().path() == "/metrics" {
+            let mut res = Response::new(http_body_util::Full::new(render()));
+            res.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            res
+        } else {
+            text(StatusCode::NOT_FOUND, "404 page not found\n")
+        };
+        std::future::ready(Ok(res))
+    })
+}
+
 // === Layer ===
 
 /// See the [module docs](self).

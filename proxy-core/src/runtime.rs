@@ -105,6 +105,31 @@ pub fn build(workers: usize) -> io::Result<tokio::runtime::Runtime> {
     }
 }
 
+/// A process's runtime as [`start`] set it up.
+#[derive(Debug)]
+pub struct Started {
+    /// The runtime.
+    pub runtime: tokio::runtime::Runtime,
+    /// Its worker threads.
+    pub workers: usize,
+    /// The open-files limit now in force, if it could be raised.
+    pub nofile: Option<u64>,
+}
+
+/// A binary's start: raises the open-files limit (a warning when it cannot) and builds the
+/// runtime with `workers` threads, or [`worker_threads`] when `None`.
+pub fn start(workers: Option<usize>) -> io::Result<Started> {
+    let nofile = raise_nofile_limit()
+        .map_err(|e| tracing::warn!(error = %e, "could not raise the open-files limit"))
+        .ok();
+    let workers = workers.unwrap_or_else(worker_threads);
+    Ok(Started {
+        runtime: build(workers)?,
+        workers,
+        nofile,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -370,6 +370,16 @@ fn is_connection_error(e: &io::Error) -> bool {
     )
 }
 
+/// [`bind_any`] for the setting `key`, whose name is in the error, and logs the port bound as
+/// `listening (KEY)` (port 0 picks a free one; tests and operators read it from the log).
+pub fn listen(port: u16, key: &str) -> Result<TcpListener, String> {
+    let listener =
+        bind_any(port).map_err(|e| format!("{key}: cannot listen on port {port}: {e}"))?;
+    let bound = listener.local_addr().map(|a| a.port()).unwrap_or(port);
+    tracing::info!(port = bound, "listening ({key})");
+    Ok(listener)
+}
+
 /// Binds `port` on every address: IPv6 and IPv4 together where the host has IPv6, else IPv4, as
 /// Go's `:port` does.
 pub fn bind_any(port: u16) -> io::Result<TcpListener> {

@@ -232,11 +232,20 @@ where
 }
 
 pin_project! {
-    /// Response future of [`Stats`].
+    /// Response future of [`Stats`]: hands the request's place in the statistics to its response
+    /// body, which keeps it until the last byte (or, upgraded, until the tunnel closes).
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
         guard: Option<InFlight>,
+    }
+}
+
+impl<F> ResponseFuture<F> {
+    /// Holds `guard` (from [`RequestStats::arrive`]) in the body of `inner`'s response, for a
+    /// caller that records arrivals itself, e.g. into per-revision statistics.
+    pub fn new(inner: F, guard: Option<InFlight>) -> Self {
+        Self { inner, guard }
     }
 }
 

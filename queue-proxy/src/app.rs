@@ -8,7 +8,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use prost::Message;
@@ -16,7 +16,7 @@ use proxy_core::{
     breaker::{Breaker, BreakerLayer},
     client::{Client, ClientConfig},
     drain::Drain,
-    edge::{EdgeLayer, Texts},
+    edge::{self, EdgeLayer, Texts},
     headers,
     proxy::Proxy,
     server::{self, ConnInfo, Server, ServerConfig},
@@ -104,9 +104,9 @@ pub(crate) async fn run(config: Config) -> Result<(), String> {
     let make = move |info: ConnInfo| layers.service(proxy.with_peer(info.remote.ip()));
 
     let server_config = ServerConfig::default();
-    let serving = bind(config.serving_port, "QUEUE_SERVING_PORT")?;
-    let metrics = bind(config.metrics_port, "QUEUE_METRICS_PORT")?;
-    let admin = bind(config.admin_port, "QUEUE_ADMIN_PORT")?;
+    let serving = server::listen(config.serving_port, "QUEUE_SERVING_PORT")?;
+    let metrics = server::listen(config.metrics_port, "QUEUE_METRICS_PORT")?;
+    let admin = server::listen(config.admin_port, "QUEUE_ADMIN_PORT")?;
     let mut tasks = tokio::task::JoinSet::new();
 
     tasks.spawn(Server::new(&server_config).serve(serving, make.clone(), drain.clone()));
@@ -119,7 +119,7 @@ pub(crate) async fn run(config: Config) -> Result<(), String> {
                 config.certs_dir.display()
             )
         })?;
-        let listener = bind(port, "QUEUE_SERVING_TLS_PORT")?;
+        let listener = server::listen(port, "QUEUE_SERVING_TLS_PORT")?;
         let server =
             Server::new(&server_config).with_tls(tokio_rustls::TlsAcceptor::from(tls_config));
         tasks.spawn(server.serve(listener, make, drain.clone()));
@@ -143,7 +143,7 @@ pub(crate) async fn run(config: Config) -> Result<(), String> {
         move |_| {
             let stat = stat.clone();
             // The autoscaler insists on exactly this type, whatever it sent as Accept.
-            metrics_endpoint("application/protobuf", move || {
+            edge::metrics_page("application/protobuf", move || {
                 stat.read().unwrap_or_else(|e| e.into_inner()).clone()
             })
         },
@@ -152,7 +152,7 @@ pub(crate) async fn run(config: Config) -> Result<(), String> {
 
     if let (Some(handle), Some((host, port))) = (prometheus, &config.user_metrics) {
         let listener = if host.is_empty() {
-            bind(*port, "METRICS_PROMETHEUS_PORT")?
+            server::listen(*port, "METRICS_PROMETHEUS_PORT")?
         } else {
             let addr: SocketAddr = format!("{host}:{port}")
                 .parse()
@@ -163,7 +163,7 @@ pub(crate) async fn run(config: Config) -> Result<(), String> {
             listener,
             move |_| {
                 let handle = handle.clone();
-                metrics_endpoint("text/plain; version=0.0.4; charset=utf-8", move || {
+                edge::metrics_page("text/plain; version=0.0.4; charset=utf-8", move || {
                     Bytes::from(handle.render())
                 })
             },
@@ -215,14 +215,6 @@ pub(crate) async fn run(config: Config) -> Result<(), String> {
     Ok(())
 }
 
-fn bind(port: u16, key: &str) -> Result<tokio::net::TcpListener, String> {
-    let listener =
-        server::bind_any(port).map_err(|e| format!("{key}: cannot listen on port {port}: {e}"))?;
-    let bound = listener.local_addr().map(|a| a.port()).unwrap_or(port);
-    tracing::info!(port = bound, "listening ({key})");
-    Ok(listener)
-}
-
 async fn report_stats(
     stats: Arc<RequestStats>,
     out: Arc<RwLock<Bytes>>,
@@ -257,29 +249,6 @@ fn plain(status: StatusCode, body: &'static str) -> Plain {
     }
     // Shaped like Go's `http.Error`, as the data path's errors are.
     proxy_core::edge::text(status, Bytes::from_static(body.as_bytes()))
-}
-
-/// A port that answers `GET /metrics` with `render()` as `content_type`, and 404 elsewhere.
-fn metrics_endpoint(
-    content_type: &'static str,
-    render: impl Fn() -> Bytes + Clone + Send + 'static,
-) -> impl tower::Service<
-    Request<Incoming>,
-    Response = Plain,
-    Error = Infallible,
-    Future = std::future::Ready<Result<Plain, Infallible>>,
-> + Clone {
-    service_fn(move |req: Request<Incoming>| {
-        let res = if req.uri().path() == "/metrics" {
-            let mut res = Response::new(Full::new(render()));
-            res.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-            res
-        } else {
-            plain(StatusCode::NOT_FOUND, "404 page not found\n")
-        };
-        std::future::ready(Ok(res))
-    })
 }
 
 fn admin_service(

@@ -30,14 +30,12 @@ fn main() -> ExitCode {
         format!("{}/{}", config.namespace, config.revision),
         config.pod.clone(),
     );
-    let nofile = runtime::raise_nofile_limit()
-        .map_err(|e| tracing::warn!(error = %e, "could not raise the open-files limit"))
-        .ok();
-    let workers = config
-        .worker_threads
-        .unwrap_or_else(runtime::worker_threads);
-    let rt = match runtime::build(workers) {
-        Ok(rt) => rt,
+    let runtime::Started {
+        runtime: rt,
+        workers,
+        nofile,
+    } = match runtime::start(config.worker_threads) {
+        Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "could not start the runtime");
             return ExitCode::from(1);

@@ -20,7 +20,7 @@ use self::{
     process::{Exited, Instance, Spawner},
 };
 use crate::{
-    revisions::{Endpoints, Registry, RevId, RevisionSpec},
+    revisions::{Endpoints, Registry, RevId, RevisionSpec, sleep_until_opt},
     source::Source,
 };
 
@@ -203,13 +203,6 @@ fn publish(registry: &Registry, id: &RevId, instances: &HashMap<u32, Instance>) 
             not_ready: Vec::new(),
         },
     );
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// How long an instance's queue-proxy waits for quiet when it is stopped.
