@@ -14,8 +14,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tests::{
-    Activator, App, Body, QueueProxy, channel_body, echo_app, eventually, full, get, h2c, http1,
-    revision, send, start_queue_proxy, with_trailers,
+    Activator, App, Body, QueueProxy, channel_body, echo_app, eventually, full, get, grpc_message,
+    grpc_ok_trailers, h2c, http1, read_data, revision, send, start_queue_proxy, with_trailers,
 };
 use tokio::net::TcpStream;
 use tokio_tungstenite::{
@@ -80,23 +80,6 @@ fn to_rev(method: http::Method, url: String) -> http::request::Builder {
 
 // === bodies and gRPC shapes ===
 
-/// A gRPC length-prefixed message.
-fn grpc_message(payload: &[u8]) -> Bytes {
-    let mut m = Vec::with_capacity(5 + payload.len());
-    m.push(0);
-    m.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
-    m.extend_from_slice(payload);
-    m.into()
-}
-
-/// `grpc-status: 0` and a `grpc-message`.
-fn grpc_ok_trailers() -> HeaderMap {
-    let mut t = HeaderMap::new();
-    t.insert("grpc-status", "0".parse().unwrap());
-    t.insert("grpc-message", "all good".parse().unwrap());
-    t
-}
-
 fn assert_grpc_ok(trailers: Option<&HeaderMap>) {
     let trailers = trailers.expect("trailers reached the client");
     assert_eq!(
@@ -109,29 +92,6 @@ fn assert_grpc_ok(trailers: Option<&HeaderMap>) {
         Some("all good"),
         "trailers: {trailers:?}"
     );
-}
-
-/// The next frame of `body`, `None` at its end.
-async fn next_frame(body: &mut Incoming) -> Option<Frame<Bytes>> {
-    within("next body frame", body.frame())
-        .await
-        .map(|f| f.expect("body frame"))
-}
-
-/// Reads DATA frames until exactly `n` bytes have arrived.
-async fn read_data(body: &mut Incoming, n: usize) -> Vec<u8> {
-    let mut got = Vec::with_capacity(n);
-    while got.len() < n {
-        let frame = next_frame(body)
-            .await
-            .unwrap_or_else(|| panic!("body ended after {} of {n} bytes", got.len()));
-        match frame.into_data() {
-            Ok(data) => got.extend_from_slice(&data),
-            Err(f) => panic!("expected data, got {f:?} after {} of {n} bytes", got.len()),
-        }
-    }
-    assert_eq!(got.len(), n, "more data than expected: {got:?}");
-    got
 }
 
 /// An app that streams each DATA frame of the request straight back as it arrives, then

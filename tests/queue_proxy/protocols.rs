@@ -17,7 +17,8 @@ use tokio::{
 };
 
 use tests::{
-    App, Body, QueueProxy, channel_body, echo_app, full, get, h2c, http1, queue_proxy_env, send,
+    App, Body, QueueProxy, channel_body, echo_app, full, get, grpc_message, grpc_ok_trailers, h2c,
+    http1, next_frame, queue_proxy_env, read_data, send,
 };
 
 /// The longest any single network step may take before the test fails instead of hanging.
@@ -29,29 +30,6 @@ async fn within<F: Future>(what: &str, fut: F) -> F::Output {
 }
 
 // === bodies ===
-
-/// The next frame of `body`, `None` at its end.
-async fn next_frame(body: &mut Incoming) -> Option<Frame<Bytes>> {
-    within("next body frame", body.frame())
-        .await
-        .map(|f| f.expect("body frame"))
-}
-
-/// Reads DATA frames until exactly `n` bytes have arrived.
-async fn read_data(body: &mut Incoming, n: usize) -> Vec<u8> {
-    let mut got = Vec::with_capacity(n);
-    while got.len() < n {
-        let frame = next_frame(body)
-            .await
-            .unwrap_or_else(|| panic!("body ended after {} of {n} bytes", got.len()));
-        match frame.into_data() {
-            Ok(data) => got.extend_from_slice(&data),
-            Err(f) => panic!("expected data, got {f:?} after {} of {n} bytes", got.len()),
-        }
-    }
-    assert_eq!(got.len(), n, "more data than expected: {got:?}");
-    got
-}
 
 /// Reads the rest of `body`: it must be trailers (possibly after empty DATA frames), then the end.
 async fn read_trailers(body: &mut Incoming) -> HeaderMap {
@@ -68,23 +46,6 @@ async fn read_trailers(body: &mut Incoming) -> HeaderMap {
             ),
         }
     }
-}
-
-/// A gRPC length-prefixed message.
-fn grpc_message(payload: &[u8]) -> Bytes {
-    let mut m = Vec::with_capacity(5 + payload.len());
-    m.push(0);
-    m.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
-    m.extend_from_slice(payload);
-    m.into()
-}
-
-/// `grpc-status: 0` and a `grpc-message`.
-fn grpc_ok_trailers() -> HeaderMap {
-    let mut t = HeaderMap::new();
-    t.insert("grpc-status", "0".parse().unwrap());
-    t.insert("grpc-message", "all good".parse().unwrap());
-    t
 }
 
 /// A response with `content-type: application/grpc` and `body`.

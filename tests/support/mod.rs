@@ -689,3 +689,45 @@ impl Activator {
         );
     }
 }
+
+// === bodies and gRPC framing ===
+
+/// The next frame of `body`, `None` at its end; fails the test after 10 s.
+pub async fn next_frame(body: &mut Incoming) -> Option<http_body::Frame<Bytes>> {
+    within("next body frame", Duration::from_secs(10), body.frame())
+        .await
+        .map(|f| f.expect("body frame"))
+}
+
+/// Reads DATA frames until exactly `n` bytes have arrived.
+pub async fn read_data(body: &mut Incoming, n: usize) -> Vec<u8> {
+    let mut got = Vec::with_capacity(n);
+    while got.len() < n {
+        let frame = next_frame(body)
+            .await
+            .unwrap_or_else(|| panic!("body ended after {} of {n} bytes", got.len()));
+        match frame.into_data() {
+            Ok(data) => got.extend_from_slice(&data),
+            Err(f) => panic!("expected data, got {f:?} after {} of {n} bytes", got.len()),
+        }
+    }
+    assert_eq!(got.len(), n, "more data than expected: {got:?}");
+    got
+}
+
+/// One gRPC length-prefixed message (uncompressed).
+pub fn grpc_message(payload: &[u8]) -> Bytes {
+    let mut m = Vec::with_capacity(5 + payload.len());
+    m.push(0);
+    m.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
+    m.extend_from_slice(payload);
+    m.into()
+}
+
+/// `grpc-status: 0` and a `grpc-message`.
+pub fn grpc_ok_trailers() -> http::HeaderMap {
+    let mut t = http::HeaderMap::new();
+    t.insert("grpc-status", "0".parse().unwrap());
+    t.insert("grpc-message", "all good".parse().unwrap());
+    t
+}
