@@ -23,6 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use benches::{free_port, percentile};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
@@ -105,13 +106,6 @@ fn git_rev() -> String {
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default()
-}
-
-fn free_port(ip: [u8; 4]) -> u16 {
-    std::net::TcpListener::bind(SocketAddr::from((ip, 0)))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 // === processes ===
@@ -274,20 +268,6 @@ fn wrk(url: &str, secs: u64) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return 0.0;
-    }
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i]
-}
-
 fn throughput(o: &Opts) -> String {
     let pod_port = free_port([127, 0, 0, 2]);
     let pod_dir = temp_dir("pod");
@@ -346,22 +326,20 @@ fn throughput(o: &Opts) -> String {
     let ratios: Vec<f64> = (0..o.rounds)
         .map(|i| results["activator"][i] / results["nginx"][i])
         .collect();
-    let mut r = ratios.clone();
     let mut out =
         String::from("## Throughput (wrk -t1 -c32, 1 activator thread, 1 nginx worker)\n\n");
     out.push_str("| target | median req/s | rounds |\n|---|---|---|\n");
     for (name, _) in &targets {
-        let mut v = results[name].clone();
         let rounds: Vec<String> = results[name].iter().map(|x| format!("{x:.0}")).collect();
         out.push_str(&format!(
             "| {name} | {:.0} | {} |\n",
-            median(&mut v),
+            percentile(&results[name], 0.5),
             rounds.join(", ")
         ));
     }
     out.push_str(&format!(
         "\nactivator / nginx proxy: median {:.2} (rounds {})\n\nactivator RSS after warm-up: {:.1} MiB\n\n",
-        median(&mut r),
+        percentile(&ratios, 0.5),
         ratios
             .iter()
             .map(|x| format!("{x:.2}"))
@@ -576,7 +554,7 @@ async fn cold_start(o: &Opts) -> String {
         for at in done_times {
             lat.push(at.saturating_duration_since(first).as_secs_f64() * 1e3);
         }
-        let mut rel: Vec<f64> = pod
+        let rel: Vec<f64> = pod
             .arrivals
             .lock()
             .unwrap()
@@ -585,26 +563,20 @@ async fn cold_start(o: &Opts) -> String {
             .collect();
         eprintln!(
             "cold start {i}: released (arrived at the pod) median {:.2} ms, p95 {:.2} ms",
-            median(&mut rel.clone()),
-            percentile(&mut rel, 0.95)
+            percentile(&rel, 0.5),
+            percentile(&rel, 0.95)
         );
-        released.extend(
-            pod.arrivals
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|at| at.saturating_duration_since(first).as_secs_f64() * 1e3),
-        );
-        let m = median(&mut lat.clone());
+        released.extend(&rel);
+        let m = percentile(&lat, 0.5);
         eprintln!(
             "cold start {i}: median {m:.2} ms, p95 {:.2} ms, max {:.2} ms after the first `queue`",
-            percentile(&mut lat.clone(), 0.95),
-            percentile(&mut lat.clone(), 1.0)
+            percentile(&lat, 0.95),
+            percentile(&lat, 1.0)
         );
         medians.push(m);
         all.extend(lat);
         if i == 0 {
-            first_round = (median(&mut released.clone()), m);
+            first_round = (percentile(&released, 0.5), m);
             all.clear();
             released.clear();
             medians.clear();
@@ -626,14 +598,14 @@ async fn cold_start(o: &Opts) -> String {
          {:.2} ms, completed median {:.2} ms.\n\n",
         o.burst,
         o.cold_rounds,
-        median(&mut released.clone()),
-        percentile(&mut released.clone(), 0.95),
-        percentile(&mut released.clone(), 0.99),
-        percentile(&mut released.clone(), 1.0),
-        median(&mut all.clone()),
-        percentile(&mut all.clone(), 0.95),
-        percentile(&mut all.clone(), 0.99),
-        percentile(&mut all.clone(), 1.0),
+        percentile(&released, 0.5),
+        percentile(&released, 0.95),
+        percentile(&released, 0.99),
+        percentile(&released, 1.0),
+        percentile(&all, 0.5),
+        percentile(&all, 0.95),
+        percentile(&all, 0.99),
+        percentile(&all, 1.0),
         medians
             .iter()
             .map(|m| format!("{m:.2}"))

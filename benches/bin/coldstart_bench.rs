@@ -21,6 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use benches::{free_port, percentile};
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Empty};
@@ -29,13 +30,6 @@ use tokio::net::TcpStream;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind(("127.0.0.1", 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 /// One GET; the time it completed, or `None` if the port did not answer.
@@ -81,7 +75,7 @@ fn apps() -> Vec<App> {
 
 /// The app's own cold start: spawn, then poll its port every 1 ms until it answers.
 async fn floor(app: &App) -> f64 {
-    let port = free_port();
+    let port = free_port([127, 0, 0, 1]);
     let start = Instant::now();
     let mut child: Child = Command::new(&app.command[0])
         .args(&app.command[1..])
@@ -155,7 +149,7 @@ fn start_activator(apps: &[App]) -> Activator {
     }
     let file = dir.join("local.toml");
     std::fs::write(&file, toml).unwrap();
-    let (port, metrics) = (free_port(), free_port());
+    let (port, metrics) = (free_port([127, 0, 0, 1]), free_port([127, 0, 0, 1]));
     let child = Command::new(root().join("target/release/activator"))
         .args(["--local", file.to_str().unwrap()])
         .args(["--http1-port", &port.to_string(), "--h2c-port", "0"])
@@ -216,15 +210,6 @@ async fn burst(act: &Activator, i: usize, n: usize) -> (f64, usize) {
     (start.elapsed().as_secs_f64() * 1e3, failed)
 }
 
-fn pct(v: &[f64], p: f64) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return 0.0;
-    }
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
-}
-
 /// A strip plot of each distribution, one row per series, on a shared logarithmic millisecond
 /// axis (the apps' own starts differ by a factor of forty), with each median marked.
 fn svg(series: &[(String, Vec<f64>)]) -> String {
@@ -255,7 +240,7 @@ fn svg(series: &[(String, Vec<f64>)]) -> String {
                 x(p)
             ));
         }
-        let m = pct(v, 0.5);
+        let m = percentile(v, 0.5);
         out.push_str(&format!(
             "<line x1=\"{0:.1}\" x2=\"{0:.1}\" y1=\"{1}\" y2=\"{2}\" stroke=\"black\" stroke-width=\"2\"/>\n",
             x(m),
@@ -313,12 +298,12 @@ async fn main() {
         table.push_str(&format!(
             "| {} | {:.1} / {:.1} ms | {:.1} / {:.1} ms | **{:.1}** / {:.1} ms |\n",
             app.name,
-            pct(&own, 0.5),
-            pct(&own, 0.95),
-            pct(&via, 0.5),
-            pct(&via, 0.95),
-            pct(&via, 0.5) - pct(&own, 0.5),
-            pct(&via, 0.95) - pct(&own, 0.95),
+            percentile(&own, 0.5),
+            percentile(&own, 0.95),
+            percentile(&via, 0.5),
+            percentile(&via, 0.95),
+            percentile(&via, 0.5) - percentile(&own, 0.5),
+            percentile(&via, 0.95) - percentile(&own, 0.95),
         ));
         series.push((format!("{}: own start", app.name), own));
         series.push((format!("{}: via activator", app.name), via));
@@ -334,8 +319,8 @@ async fn main() {
     table.push_str(&format!(
         "\nA burst of 100 concurrent requests at the sample app from zero: all done after \
          {:.1} ms median, {:.1} ms p95 ({runs} runs, {failed} failed).\n",
-        pct(&bursts, 0.5),
-        pct(&bursts, 0.95),
+        percentile(&bursts, 0.5),
+        percentile(&bursts, 0.95),
     ));
     series.push(("sample app: burst of 100".to_owned(), bursts));
     let report = format!(
