@@ -105,12 +105,10 @@ pub(crate) async fn exchange(
                     before_response: true,
                     ..
                 }) if reused && replayable => {
-                    // The head went out on the dead connection: the upstream may have seen it,
-                    // so a failed redial does not hand the request back for another upstream.
-                    conn = match client.dial_http1().await {
-                        Ok(c) => c,
-                        Err(e) => return Err((e, None)),
-                    };
+                    // Safe to send twice by Go's rule, so a redial that fails hands it back
+                    // for another upstream just as a fresh one would resend it here: a pod that
+                    // died between requests then costs none.
+                    conn = redial!();
                     write_and_read_head(&mut conn, &head, is_head, max_head)
                         .await
                         .map_err(|f| (f.error, None))?

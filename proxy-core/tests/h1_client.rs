@@ -731,6 +731,73 @@ async fn a_post_with_a_body_on_a_connection_the_app_closed_goes_on_a_fresh_one()
     assert_eq!(client.open_connections(), 1);
 }
 
+/// What [`Connection::try_send`](proxy_core::client::Connection::try_send) did with a request
+/// whose reused connection turned out dead and whose upstream then refused a new one: `handed
+/// back` (another upstream may take it), `kept` (it may have been seen) or the response.
+async fn fate_when_the_upstream_is_gone(request: &'static [u8]) -> String {
+    use http::{Request, Response};
+    use http_body_util::{BodyExt, Full};
+    use proxy_core::client::Protocol;
+
+    let app = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = Client::new(app.local_addr().unwrap(), ClientConfig::default());
+    let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = front.local_addr().unwrap();
+    let svc = tower::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let client = client.clone();
+        async move {
+            let conn = client.checkout(Protocol::Http1).await.unwrap();
+            let text = match conn.try_send(req, &client).await {
+                Ok(ex) => {
+                    let body = ex.response.into_body().collect().await.unwrap().to_bytes();
+                    String::from_utf8_lossy(&body).into_owned()
+                }
+                Err((_, Some(_))) => "handed back".to_owned(),
+                Err((_, None)) => "kept".to_owned(),
+            };
+            Ok::<_, std::convert::Infallible>(Response::new(Full::new(bytes::Bytes::from(text))))
+        }
+    });
+    tokio::spawn(Server::new(&ServerConfig::default()).serve(
+        front,
+        move |_: ConnInfo| svc.clone(),
+        Drain::new(),
+    ));
+    let script = tokio::spawn(async move {
+        let mut up = Wire::accept(&app).await;
+        up.request().await;
+        up.write(OK).await;
+        // The pod goes away: nothing listens any more, and the pooled connection dies as soon
+        // as the next request arrives on it.
+        drop(app);
+        up.try_head().await;
+    });
+    let mut c = Wire::connect(addr).await;
+    assert_eq!(get(&mut c, "GET", "/", "").await.body, b"ok");
+    c.write(request).await;
+    let text = String::from_utf8(c.response(false).await.body).unwrap();
+    within("script", script).await.unwrap();
+    text
+}
+
+/// A pod that died between two requests costs none of them: the GET it never answered is safe
+/// to send again (Go's rule), so when the pod refuses a new connection the request is given back
+/// for another pod; a POST that reached the dead connection is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayable_request_is_handed_back_when_its_upstream_is_gone() {
+    assert_eq!(
+        fate_when_the_upstream_is_gone(b"GET /again HTTP/1.1\r\nhost: t\r\n\r\n").await,
+        "handed back"
+    );
+    assert_eq!(
+        fate_when_the_upstream_is_gone(
+            b"POST /charge HTTP/1.1\r\nhost: t\r\ncontent-length: 0\r\n\r\n"
+        )
+        .await,
+        "kept"
+    );
+}
+
 /// RFC 9112 §9.3.1.1: "A proxy MUST NOT automatically retry non-idempotent requests." A POST
 /// without a body is still a POST; Go's transport (upstream's queue-proxy) only replays GET, HEAD,
 /// OPTIONS and TRACE (or requests with an `Idempotency-Key`).
