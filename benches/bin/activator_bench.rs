@@ -6,7 +6,7 @@
 //! absolute figures on a shared machine are noise. Usage:
 //!
 //! ```text
-//! cargo build --release -p activator -p benches --bin activator-bench
+//! cargo build --release -p activator -p benches --bins
 //! target/release/activator-bench [--duration S] [--rounds N] [--burst N] [--cold-rounds N]
 //!                                [--waiters N] [--skip-throughput]
 //! ```
@@ -110,10 +110,24 @@ fn git_rev() -> String {
 
 // === processes ===
 
-struct Proc(Child);
+/// A child stopped when dropped: with SIGKILL, or first with SIGTERM when `graceful` (nginx's
+/// master only stops its workers when asked; killed, it leaves them running).
+struct Proc(Child, bool);
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        if self.1 {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.0.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.0.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -179,7 +193,7 @@ fn start_activator(o: &Opts, dir: &Path, revisions: serde_json::Value) -> (Proc,
         .spawn()
         .unwrap_or_else(|e| panic!("start {}: {e}", o.activator.display()));
     wait_port(p1);
-    (Proc(child), p1, p2, pm)
+    (Proc(child, false), p1, p2, pm)
 }
 
 fn wait_port(port: u16) {
@@ -241,6 +255,7 @@ fn nginx(conf: &Path) -> Proc {
             .stderr(Stdio::null())
             .spawn()
             .expect("start nginx"),
+        true,
     )
 }
 
