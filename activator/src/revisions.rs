@@ -513,6 +513,16 @@ impl Prober {
         d.probing = false;
         d.probed = true;
         d.not_mesh = matches!(outcome, Outcome::NotReady { maybe_mesh: false });
+        // It answers, so it accepts connections, but cannot serve yet while requests wait for
+        // it: open their connections now rather than in the burst that follows its first
+        // `queue`.
+        if matches!(outcome, Outcome::NotReady { .. }) && self.throttler.capacity() == Some(0) {
+            let waiting = self.throttler.waiting();
+            if waiting > 0 && pod.client().open_connections() < waiting {
+                let client = pod.client().clone();
+                tokio::spawn(async move { client.prewarm_http1(waiting).await });
+            }
+        }
         let became_healthy = outcome == Outcome::Ready && (d.k8s_ready || optimise) && !d.healthy;
         if became_healthy {
             d.healthy = true;

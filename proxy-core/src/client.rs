@@ -229,6 +229,40 @@ impl Client {
         }
     }
 
+    /// Opens HTTP/1.1 connections until `n` are open (never past the soft maximum or the idle
+    /// limit) and parks them in the pool; returns how many it opened. Stops at the first
+    /// connect that fails.
+    ///
+    /// For an upstream that accepts connections but cannot serve yet (a pod still starting,
+    /// with requests waiting for it): the connects then happen while nothing else can, instead
+    /// of in the burst that follows the moment it is ready.
+    pub async fn prewarm_http1(&self, n: usize) -> usize {
+        let inner = &*self.inner;
+        let mut limit = n.min(inner.config.max_idle);
+        if inner.config.soft_max_connections > 0 {
+            limit = limit.min(inner.config.soft_max_connections);
+        }
+        let mut opened = 0;
+        // Each place is reserved before its connect, as in `http1`, so that prewarming and
+        // requests dialling at the same time never overshoot together.
+        while inner
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < limit).then_some(open + 1)
+            })
+            .is_ok()
+        {
+            match self.connect_http1(OpenSlot(self.inner.clone())).await {
+                Ok(pooled) => {
+                    self.put_http1(pooled);
+                    opened += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        opened
+    }
+
     fn pooled_http1(&self) -> Option<Pooled> {
         loop {
             let pooled = lock(&self.inner.idle).pop()?;

@@ -1245,3 +1245,57 @@ async fn open_connections_return_to_the_pooled_count_after_a_burst_past_the_soft
     })
     .await;
 }
+
+// === prewarming ===
+
+/// Prewarming opens up to the asked number of connections, counts those already open, never
+/// passes the soft maximum, and the connections it opened carry the next requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prewarmed_connections_are_bounded_and_carry_the_next_requests() {
+    let config = ClientConfig {
+        soft_max_connections: 4,
+        ..ClientConfig::default()
+    };
+    let (app, addr, client) = setup_with(config).await;
+    assert_eq!(client.prewarm_http1(3).await, 3);
+    assert_eq!(client.prewarm_http1(3).await, 0);
+    assert_eq!(client.prewarm_http1(10).await, 1, "the soft maximum");
+    assert_eq!(
+        (client.open_connections(), client.idle_connections()),
+        (4, 4)
+    );
+    let mut ups = Vec::new();
+    for _ in 0..4 {
+        ups.push(within("prewarmed accept", app.accept()).await.unwrap().0);
+    }
+    // The request goes on one of them: the app sees no fifth connection.
+    let mut c = Wire::connect(addr).await;
+    c.write(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n").await;
+    let mut served = false;
+    for io in ups {
+        let mut up = Wire {
+            io,
+            buf: Vec::new(),
+        };
+        if let Ok(Some(_)) = timeout(Duration::from_millis(200), up.try_request()).await {
+            up.write(OK).await;
+            served = true;
+            assert_eq!(c.response(false).await.body, b"ok");
+            break;
+        }
+    }
+    assert!(served, "no prewarmed connection carried the request");
+    assert_eq!(client.open_connections(), 4);
+
+    // Nothing listens: the first failed connect ends it.
+    drop(app);
+    let gone = Client::new(addr_of_closed().await, ClientConfig::default());
+    assert_eq!(gone.prewarm_http1(3).await, 0);
+    assert_eq!(gone.open_connections(), 0);
+}
+
+/// An address nothing listens on.
+async fn addr_of_closed() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}

@@ -41,6 +41,10 @@ pub(crate) struct Seen {
     pub(crate) probes: AtomicUsize,
     /// Headers of the first probes (any request with `K-Network-Probe`).
     pub(crate) probe_headers: Mutex<Vec<HeaderMap>>,
+    /// Connections accepted that have not carried a request yet.
+    unused_connections: AtomicUsize,
+    /// Requests (probes excluded) that came on a connection accepted while it was not ready.
+    on_early_connections: AtomicUsize,
 }
 
 impl Seen {
@@ -58,6 +62,14 @@ impl Seen {
 
     pub(crate) fn probes(&self) -> usize {
         self.probes.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn unused_connections(&self) -> usize {
+        self.unused_connections.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn on_early_connections(&self) -> usize {
+        self.on_early_connections.load(Ordering::SeqCst)
     }
 }
 
@@ -113,10 +125,19 @@ impl FakePod {
                     };
                     let (ready, seen, pod_ip) = (ready.clone(), seen.clone(), pod_ip.clone());
                     let mut dead = dead.clone();
+                    let early = !ready.load(Ordering::SeqCst);
+                    seen.unused_connections.fetch_add(1, Ordering::SeqCst);
+                    let used = Arc::new(AtomicBool::new(false));
                     tokio::spawn(async move {
-                        let svc = hyper::service::service_fn(move |req| {
+                        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                             let (ready, seen, pod_ip) =
                                 (ready.clone(), seen.clone(), pod_ip.clone());
+                            if !used.swap(true, Ordering::SeqCst) {
+                                seen.unused_connections.fetch_sub(1, Ordering::SeqCst);
+                            }
+                            if early && !req.headers().contains_key("k-network-probe") {
+                                seen.on_early_connections.fetch_add(1, Ordering::SeqCst);
+                            }
                             async move {
                                 Ok::<_, std::convert::Infallible>(
                                     handle(req, &ready, &seen, pod_ip, delay).await,
@@ -328,6 +349,39 @@ async fn requests_wait_for_a_pod_that_fails_its_probe_and_go_once_it_passes() {
         assert_eq!(h["user-agent"], "Knative-Activator-Probe", "{h:?}");
         assert_eq!(h["k-network-probe"], "queue", "{h:?}");
     }
+}
+
+/// The connections the released requests need are opened while the pod is still starting, one
+/// per waiting request, so none is dialled in the burst after its first `queue`; with nothing
+/// waiting, a starting pod gets only its probes.
+#[tokio::test]
+async fn connections_for_waiting_requests_are_opened_while_the_pod_starts() {
+    let idle_pod = FakePod::unready([127, 0, 2, 20]).await;
+    let pod = FakePod::unready([127, 0, 2, 21]).await;
+    let act = Activator::start(
+        json!([
+            revision("nobody-waits", 0, &[idle_pod.addr]),
+            revision("prewarm", 0, &[pod.addr])
+        ]),
+        &[],
+        &[],
+    );
+    let waiting = spawn_gets(&act, "prewarm", 5);
+    eventually(5 * SECOND, "5 connections opened and unused", || async {
+        pod.seen.unused_connections() >= 5
+    })
+    .await;
+    assert!(
+        waiting.iter().all(|t| !t.is_finished()),
+        "a request did not wait"
+    );
+
+    pod.set_ready();
+    all_ok(&act, waiting).await;
+    assert_eq!(pod.seen.on_early_connections(), 5);
+
+    assert!(idle_pod.seen.probes() >= 2);
+    assert_eq!(idle_pod.seen.unused_connections(), 0);
 }
 
 #[tokio::test]
