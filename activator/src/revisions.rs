@@ -513,16 +513,6 @@ impl Prober {
         d.probing = false;
         d.probed = true;
         d.not_mesh = matches!(outcome, Outcome::NotReady { maybe_mesh: false });
-        // It answers, so it accepts connections, but cannot serve yet while requests wait for
-        // it: open their connections now rather than in the burst that follows its first
-        // `queue`.
-        if matches!(outcome, Outcome::NotReady { .. }) && self.throttler.capacity() == Some(0) {
-            let waiting = self.throttler.waiting();
-            if waiting > 0 && pod.client().open_connections() < waiting {
-                let client = pod.client().clone();
-                tokio::spawn(async move { client.prewarm_http1(waiting).await });
-            }
-        }
         let became_healthy = outcome == Outcome::Ready && (d.k8s_ready || optimise) && !d.healthy;
         if became_healthy {
             d.healthy = true;
@@ -530,6 +520,33 @@ impl Prober {
         // While on the fallback, any answer may end it (a pod that answers for real).
         if became_healthy || self.fallback.healthy {
             self.publish();
+        }
+        if matches!(outcome, Outcome::NotReady { .. }) {
+            self.prewarm(pod);
+        }
+    }
+
+    /// A pod that answers, so accepts connections, but cannot serve yet while requests wait
+    /// for the revision: their connections are opened now rather than in the burst that
+    /// follows its first `queue`.
+    fn prewarm(&self, pod: &Pod) {
+        if self.throttler.capacity() != Some(0) {
+            return;
+        }
+        let spec = (*self.spec.borrow()).unwrap_or_default();
+        // An h2c revision's requests arrive over HTTP/2 and share one connection.
+        if spec.protocol != Protocol::Http1 {
+            return;
+        }
+        // Each starting pod will get its share of the waiting requests, and never more than cc.
+        let starting = self.dests.values().filter(|d| !d.healthy).count().max(1);
+        let mut share = self.throttler.waiting().div_ceil(starting);
+        if spec.container_concurrency > 0 {
+            share = share.min(spec.container_concurrency);
+        }
+        if pod.client().open_connections() < share {
+            let client = pod.client().clone();
+            tokio::spawn(async move { client.prewarm_http1(share).await });
         }
     }
 

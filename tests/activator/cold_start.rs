@@ -352,25 +352,40 @@ async fn requests_wait_for_a_pod_that_fails_its_probe_and_go_once_it_passes() {
 }
 
 /// The connections the released requests need are opened while the pod is still starting, one
-/// per waiting request, so none is dialled in the burst after its first `queue`; with nothing
-/// waiting, a starting pod gets only its probes.
+/// per waiting request and never more than cc, so none is dialled in the burst after its first
+/// `queue`; with nothing waiting, a starting pod gets only its probes.
 #[tokio::test]
 async fn connections_for_waiting_requests_are_opened_while_the_pod_starts() {
     let idle_pod = FakePod::unready([127, 0, 2, 20]).await;
     let pod = FakePod::unready([127, 0, 2, 21]).await;
+    let cc_pod = FakePod::unready([127, 0, 2, 22]).await;
     let act = Activator::start(
         json!([
             revision("nobody-waits", 0, &[idle_pod.addr]),
-            revision("prewarm", 0, &[pod.addr])
+            revision("prewarm", 0, &[pod.addr]),
+            revision("prewarm-cc", 2, &[cc_pod.addr])
         ]),
         &[],
         &[],
     );
     let waiting = spawn_gets(&act, "prewarm", 5);
+    let waiting_cc = spawn_gets(&act, "prewarm-cc", 5);
     eventually(5 * SECOND, "5 connections opened and unused", || async {
-        pod.seen.unused_connections() >= 5
+        pod.seen.unused_connections() >= 5 && cc_pod.seen.unused_connections() >= 2
     })
     .await;
+    let probes = cc_pod.seen.probes();
+    eventually(5 * SECOND, "more probes of the cc pod", || async {
+        cc_pod.seen.probes() >= probes + 3
+    })
+    .await;
+    assert_eq!(
+        cc_pod.seen.unused_connections(),
+        2,
+        "cc bounds the connections"
+    );
+    cc_pod.set_ready();
+    all_ok(&act, waiting_cc).await;
     assert!(
         waiting.iter().all(|t| !t.is_finished()),
         "a request did not wait"
