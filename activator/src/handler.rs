@@ -320,8 +320,8 @@ impl Service<Request<Incoming>> for Activate {
                     Err(e) if e.before_send => (e, p),
                     Err(e) => return Err(e.into()),
                 };
-                // Nothing was sent: another pod can take it, and this one is checked again
-                // before it gets more.
+                // Nothing of it reached the pod, or it is safe to send again: another pod can
+                // take it, and this one is checked again before it gets more.
                 let (e, p) = unsent;
                 tracing::warn!(pod = %pod.addr(), error = %e, revision = %rev.id, "pod unreachable, trying another");
                 rev.recheck(pod.addr());

@@ -645,7 +645,7 @@ async fn memory(o: &Opts) -> String {
         o,
         &dir,
         serde_json::json!([
-            {"namespace": "default", "name": "mem-h2", "containerConcurrency": 0,
+            {"namespace": "default", "name": "mem-h2", "containerConcurrency": 0, "protocol": "h2c",
              "timeoutSeconds": 600, "endpoints": [h2_pod.addr.to_string()]},
             {"namespace": "default", "name": "mem-h1", "containerConcurrency": 0,
              "timeoutSeconds": 600, "endpoints": [h1_pod.addr.to_string()]},

@@ -254,7 +254,10 @@ impl Client {
         {
             match self.connect_http1(OpenSlot(self.inner.clone())).await {
                 Ok(pooled) => {
-                    self.put_http1(pooled);
+                    if !self.put_http1(pooled) {
+                        // The pool filled up meanwhile: more would only be closed again.
+                        break;
+                    }
                     opened += 1;
                 }
                 Err(_) => break,
@@ -285,15 +288,16 @@ impl Client {
         Ok(Pooled::new(io, BytesMut::with_capacity(8192), slot))
     }
 
-    /// Puts a connection whose last exchange ended cleanly back in the pool.
-    pub(crate) fn put_http1(&self, mut pooled: Pooled) {
+    /// Puts a connection whose last exchange ended cleanly back in the pool; false when the
+    /// pool was full and the connection was closed instead.
+    pub(crate) fn put_http1(&self, mut pooled: Pooled) -> bool {
         let pool = &*self.inner;
         let now = Instant::now();
         pooled.idle_since = now;
         {
             let mut idle = lock(&pool.idle);
             if idle.len() >= pool.config.max_idle {
-                return;
+                return false;
             }
             idle.push(pooled);
         }
@@ -303,6 +307,7 @@ impl Client {
             Ordering::Relaxed,
         );
         pool.returned.notify_one();
+        true
     }
 
     async fn connect(&self) -> Result<TcpStream, Upstream> {
@@ -418,14 +423,15 @@ enum Conn {
 
 impl Connection {
     /// Sends `req`. The request must already be in the form the protocol expects (see
-    /// [`crate::proxy`]). A bodiless request that meets a reused HTTP/1.1 connection the upstream
-    /// had closed is sent again on a fresh connection.
+    /// [`crate::proxy`]). A replayable request that meets a reused HTTP/1.1 connection the
+    /// upstream had closed is sent again on a fresh connection.
     pub async fn send(self, req: Request<Incoming>, client: &Client) -> Result<Exchange, Upstream> {
         self.try_send(req, client).await.map_err(|(e, _)| e)
     }
 
-    /// [`send`](Self::send), giving the request back when it failed before any byte of it
-    /// reached the upstream, so that it can go to another one.
+    /// [`send`](Self::send), giving the request back when it may go to another upstream:
+    /// nothing of it reached this one, or it is replayable (Go's rule) and the reused
+    /// connection died before any byte of a response, with no fresh one to be had.
     pub async fn try_send(
         self,
         req: Request<Incoming>,

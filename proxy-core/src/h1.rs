@@ -67,11 +67,12 @@ fn io_err(e: io::Error) -> Upstream {
 }
 
 /// Sends `req` on `conn` and reads the response head. On a reused connection that turns out to
-/// be closed before any byte of the response, a bodiless request is sent again on a fresh one:
-/// the upstream never saw it.
+/// be closed before any byte of the response, a replayable request (Go's rule: a safe method
+/// without a body, or an idempotency key) is sent again on a fresh one.
 ///
-/// When the exchange fails before any byte of the request reached the upstream (a fresh
-/// connection could not be opened), the request comes back with the error.
+/// The request comes back with the error when nothing of it reached the upstream (a closed
+/// pooled connection was seen before writing and no fresh one could be opened), or when it is
+/// replayable and no fresh connection could be opened to send it again.
 pub(crate) async fn exchange(
     mut conn: Pooled,
     reused: bool,

@@ -171,8 +171,9 @@ pub async fn forward_on(
         .map_err(|(e, _)| e)
 }
 
-/// [`forward_on`], giving the prepared request back when it failed before any byte of it
-/// reached the upstream (a dead pooled connection whose replacement could not be opened).
+/// [`forward_on`], giving the prepared request back when another upstream may take it: a dead
+/// pooled connection whose replacement could not be opened, before anything was written or,
+/// for a replayable request, before any byte of a response.
 pub async fn try_forward_on(
     conn: Connection,
     client: &Client,

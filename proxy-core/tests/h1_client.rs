@@ -1290,8 +1290,24 @@ async fn prewarmed_connections_are_bounded_and_carry_the_next_requests() {
     // Nothing listens: the first failed connect ends it.
     drop(app);
     let gone = Client::new(addr_of_closed().await, ClientConfig::default());
-    assert_eq!(gone.prewarm_http1(3).await, 0);
+    assert_eq!(
+        within("prewarm a closed port", gone.prewarm_http1(3)).await,
+        0
+    );
     assert_eq!(gone.open_connections(), 0);
+
+    // The idle limit bounds it too: what could not stay idle would only be closed again.
+    let app = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let small = Client::new(
+        app.local_addr().unwrap(),
+        ClientConfig {
+            max_idle: 2,
+            soft_max_connections: 4,
+            ..ClientConfig::default()
+        },
+    );
+    assert_eq!(within("prewarm", small.prewarm_http1(4)).await, 2);
+    assert_eq!((small.open_connections(), small.idle_connections()), (2, 2));
 }
 
 /// An address nothing listens on.
