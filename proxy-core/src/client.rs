@@ -191,22 +191,13 @@ impl Client {
             if let Some(pooled) = self.pooled_http1() {
                 return Ok((pooled, true));
             }
-            // Reserve the place before dialling, so a burst cannot overshoot while connects run.
-            let below_max = soft_max == 0
-                || inner
-                    .open
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
-                        (open < soft_max).then_some(open + 1)
-                    })
-                    .is_ok();
-            if below_max {
-                if soft_max == 0 {
-                    inner.open.fetch_add(1, Ordering::AcqRel);
-                }
-                return Ok((
-                    self.connect_http1(OpenSlot(self.inner.clone())).await?,
-                    false,
-                ));
+            let slot = if soft_max == 0 {
+                Some(OpenSlot::take(&self.inner))
+            } else {
+                OpenSlot::take_below(&self.inner, soft_max)
+            };
+            if let Some(slot) = slot {
+                return Ok((self.connect_http1(slot).await?, false));
             }
             let returned = inner.returned.notified();
             tokio::pin!(returned);
@@ -243,16 +234,8 @@ impl Client {
             limit = limit.min(inner.config.soft_max_connections);
         }
         let mut opened = 0;
-        // Each place is reserved before its connect, as in `http1`, so that prewarming and
-        // requests dialling at the same time never overshoot together.
-        while inner
-            .open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
-                (open < limit).then_some(open + 1)
-            })
-            .is_ok()
-        {
-            match self.connect_http1(OpenSlot(self.inner.clone())).await {
+        while let Some(slot) = OpenSlot::take_below(&self.inner, limit) {
+            match self.connect_http1(slot).await {
                 Ok(pooled) => {
                     if !self.put_http1(pooled) {
                         // The pool filled up meanwhile: more would only be closed again.
@@ -279,8 +262,7 @@ impl Client {
 
     /// A fresh HTTP/1.1 connection, counted whatever the soft maximum.
     pub(crate) async fn dial_http1(&self) -> Result<Pooled, Upstream> {
-        self.inner.open.fetch_add(1, Ordering::AcqRel);
-        self.connect_http1(OpenSlot(self.inner.clone())).await
+        self.connect_http1(OpenSlot::take(&self.inner)).await
     }
 
     async fn connect_http1(&self, slot: OpenSlot) -> Result<Pooled, Upstream> {
@@ -359,6 +341,26 @@ impl Client {
 
 /// One open (or opening) HTTP/1.1 connection, counted against the soft maximum until dropped.
 pub(crate) struct OpenSlot(Arc<Inner>);
+
+impl OpenSlot {
+    /// A place whatever the count.
+    fn take(inner: &Arc<Inner>) -> Self {
+        inner.open.fetch_add(1, Ordering::AcqRel);
+        Self(inner.clone())
+    }
+
+    /// A place if fewer than `limit` are open. Taken before the connect, so that requests and
+    /// prewarming dialling at once cannot overshoot together while connects run.
+    fn take_below(inner: &Arc<Inner>, limit: usize) -> Option<Self> {
+        inner
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < limit).then_some(open + 1)
+            })
+            .ok()
+            .map(|_| Self(inner.clone()))
+    }
+}
 
 /// How long a connection may sit idle before it is checked for a close before reuse.
 ///
