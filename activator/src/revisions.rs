@@ -713,10 +713,11 @@ pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn registry(own_ip: Option<IpAddr>) -> Registry {
+    /// A registry with upstream's defaults, in mesh mode `auto`.
+    pub(crate) fn registry(own_ip: Option<IpAddr>) -> Registry {
         registry_with(own_ip, MeshMode::Auto)
     }
 
@@ -736,6 +737,23 @@ mod tests {
         )
     }
 
+    fn rev_id() -> RevId {
+        RevId {
+            namespace: "ns".into(),
+            name: "rev".into(),
+        }
+    }
+
+    fn upsert_cc(r: &Registry, id: &RevId, cc: usize) {
+        r.upsert(
+            id,
+            RevisionSpec {
+                container_concurrency: cc,
+                ..RevisionSpec::default()
+            },
+        );
+    }
+
     fn pod(i: u8) -> Arc<Pod> {
         let addr = SocketAddr::from(([10, 1, 0, i], 8012));
         Pod::new(addr, Client::new(addr, ClientConfig::default()))
@@ -744,10 +762,7 @@ mod tests {
     #[tokio::test]
     async fn a_revision_is_found_only_once_its_spec_is_known() {
         let r = registry(None);
-        let id = RevId {
-            namespace: "ns".into(),
-            name: "rev".into(),
-        };
+        let id = rev_id();
         r.set_endpoints(&id, Endpoints::default());
         assert!(r.get("ns", "rev").is_none());
         r.upsert(&id, RevisionSpec::default());
@@ -760,17 +775,8 @@ mod tests {
     #[tokio::test]
     async fn this_activators_place_selects_its_share_of_pods() {
         let r = registry(Some("10.0.0.2".parse().unwrap()));
-        let id = RevId {
-            namespace: "ns".into(),
-            name: "rev".into(),
-        };
-        r.upsert(
-            &id,
-            RevisionSpec {
-                container_concurrency: 1,
-                ..RevisionSpec::default()
-            },
-        );
+        let id = rev_id();
+        upsert_cc(&r, &id, 1);
         let rev = r.get("ns", "rev").unwrap();
         rev.throttler.set_pods(vec![pod(1), pod(2), pod(3)]);
         // Not among them: every pod stays in use.
@@ -791,17 +797,8 @@ mod tests {
     #[tokio::test]
     async fn mesh_mode_enabled_routes_through_the_cluster_ip_sized_by_ready_pods() {
         let r = registry_with(None, MeshMode::Enabled);
-        let id = RevId {
-            namespace: "ns".into(),
-            name: "rev".into(),
-        };
-        r.upsert(
-            &id,
-            RevisionSpec {
-                container_concurrency: 2,
-                ..RevisionSpec::default()
-            },
-        );
+        let id = rev_id();
+        upsert_cc(&r, &id, 2);
         let ep = |i: u8| SocketAddr::from(([10, 1, 0, i], 8012));
         r.set_endpoints(
             &id,

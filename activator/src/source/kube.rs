@@ -908,23 +908,6 @@ mod tests {
         assert_eq!(n.warnings.len(), 2);
     }
 
-    fn registry() -> Registry {
-        use crate::revisions::Settings;
-        Registry::new(
-            Settings {
-                probe_frequency: Duration::from_millis(200),
-                eager_probe: Duration::from_millis(2),
-                probe_timeout: Duration::from_millis(300),
-                max_pending: 10,
-                client: proxy_core::client::ClientConfig::default(),
-                mesh: MeshMode::Auto,
-                passthrough: false,
-                own_ip: None,
-            },
-            100,
-        )
-    }
-
     fn revision(ns: &str, name: &str) -> DynamicObject {
         serde_json::from_value(serde_json::json!({
             "apiVersion": "serving.knative.dev/v1",
@@ -948,7 +931,7 @@ mod tests {
 
     #[tokio::test]
     async fn endpoints_outliving_their_revision_leave_no_entry_behind() {
-        let r = registry();
+        let r = crate::revisions::tests::registry(None);
         let mut s = State::default();
         s.apply(&r, Change::Revision(Event::Apply(revision("a", "one"))));
         s.apply(
@@ -993,7 +976,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_relist_removes_revisions_that_are_gone() {
-        let r = registry();
+        let r = crate::revisions::tests::registry(None);
         let mut s = State::default();
         for e in [
             Event::Init,
