@@ -310,13 +310,7 @@ async fn all_ok(act: &Activator, tasks: Vec<JoinHandle<Collected>>) -> Vec<Colle
     let mut out = Vec::new();
     for t in tasks {
         let res = within("a released request", 5 * SECOND, t).await.unwrap();
-        assert_eq!(
-            res.status,
-            StatusCode::OK,
-            "{}\nlogs:\n{}",
-            res.text(),
-            act.process.logs()
-        );
+        act.assert_ok(&res);
         out.push(res);
     }
     out

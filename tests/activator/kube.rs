@@ -18,7 +18,10 @@ use bytes::Bytes;
 use http::{Response, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use tests::{App, Body, Process, TempDir, eventually, full, get};
+use tests::{
+    ACTIVATOR_EPHEMERAL_PORTS, ACTIVATOR_PORT_KEYS, App, Body, Process, TempDir, eventually, full,
+    get,
+};
 use tokio::sync::mpsc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -409,22 +412,16 @@ async fn start_activator(api: &FakeApi, dir: &TempDir) -> Process {
         Process::start_binary(
             "activator",
             &[
-                "--http1-port",
-                "0",
-                "--h2c-port",
-                "0",
-                "--metrics-port",
-                "0",
-                "--autoscaler-url",
-                "ws://127.0.0.1:1/",
-                "--ready-without-autoscaler",
-            ],
+                &ACTIVATOR_EPHEMERAL_PORTS[..],
+                &[
+                    "--autoscaler-url",
+                    "ws://127.0.0.1:1/",
+                    "--ready-without-autoscaler",
+                ],
+            ]
+            .concat(),
             &env,
-            &[
-                "ACTIVATOR_HTTP1_PORT",
-                "ACTIVATOR_H2C_PORT",
-                "ACTIVATOR_METRICS_PORT",
-            ],
+            &ACTIVATOR_PORT_KEYS,
         )
     })
     .await
@@ -466,8 +463,9 @@ async fn answers(act: &Process, api: &FakeApi, revision: &str, want: (u16, &str)
     );
 }
 
-#[tokio::test]
-async fn initial_list_then_watch_events_route_requests() {
+/// Pods `pod a` and `pod b`, and a fake API server that lists revision `hello-00001` with its
+/// endpoint on `pod a`.
+async fn one_revision_on_pod_a() -> (App, App, FakeApi) {
     let pod_a = fake_pod([127, 0, 0, 2], "pod a").await;
     let pod_b = fake_pod([127, 0, 0, 3], "pod b").await;
     let api = FakeApi::start().await;
@@ -476,6 +474,12 @@ async fn initial_list_then_watch_events_route_requests() {
         Kind::Private,
         private_endpoints("hello-00001", &[pod_a.addr]),
     );
+    (pod_a, pod_b, api)
+}
+
+#[tokio::test]
+async fn initial_list_then_watch_events_route_requests() {
+    let (pod_a, pod_b, api) = one_revision_on_pod_a().await;
     let dir = TempDir::new();
     let act = start_activator(&api, &dir).await;
 
@@ -513,15 +517,8 @@ async fn initial_list_then_watch_events_route_requests() {
 }
 
 async fn relist_after_gone(gone_as_http: bool) {
-    let pod_a = fake_pod([127, 0, 0, 2], "pod a").await;
-    let pod_b = fake_pod([127, 0, 0, 3], "pod b").await;
-    let api = FakeApi::start().await;
+    let (_pod_a, pod_b, api) = one_revision_on_pod_a().await;
     api.state.lock().unwrap().gone_as_http = gone_as_http;
-    api.apply(Kind::Revisions, revision("hello-00001"));
-    api.apply(
-        Kind::Private,
-        private_endpoints("hello-00001", &[pod_a.addr]),
-    );
     let dir = TempDir::new();
     let act = start_activator(&api, &dir).await;
     answers(&act, &api, "hello-00001", (200, "pod a")).await;

@@ -2,7 +2,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use tests::{Process, TempDir, eventually, get};
+use tests::{ACTIVATOR_EPHEMERAL_PORTS, ACTIVATOR_PORT_KEYS, Process, TempDir, eventually, get};
 
 /// The sample app, as built for the tests.
 fn hello() -> String {
@@ -31,22 +31,9 @@ impl Local {
         let file = file.to_string_lossy().into_owned();
         let process = Process::start_binary(
             "activator",
-            &[
-                "--local",
-                &file,
-                "--http1-port",
-                "0",
-                "--h2c-port",
-                "0",
-                "--metrics-port",
-                "0",
-            ],
+            &[&["--local", &file][..], &ACTIVATOR_EPHEMERAL_PORTS].concat(),
             &env(),
-            &[
-                "ACTIVATOR_HTTP1_PORT",
-                "ACTIVATOR_H2C_PORT",
-                "ACTIVATOR_METRICS_PORT",
-            ],
+            &ACTIVATOR_PORT_KEYS,
         );
         Self { process, _dir: dir }
     }
@@ -186,16 +173,8 @@ fn bad_toml_exits_1_naming_the_key_and_line() {
     )
     .unwrap();
     let out = std::process::Command::new(tests::binary("activator"))
-        .args([
-            "--local",
-            &file.to_string_lossy(),
-            "--http1-port",
-            "0",
-            "--h2c-port",
-            "0",
-            "--metrics-port",
-            "0",
-        ])
+        .args(["--local", &file.to_string_lossy()])
+        .args(ACTIVATOR_EPHEMERAL_PORTS)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

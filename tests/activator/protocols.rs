@@ -8,14 +8,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http::{HeaderMap, Request, Response, StatusCode, Version, header};
+use http::{Request, Response, StatusCode, Version, header};
 use http_body::Frame;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tests::{
-    Activator, App, Body, QueueProxy, channel_body, echo_app, eventually, full, get, grpc_message,
-    grpc_ok_trailers, h2c, http1, read_data, revision, send, start_queue_proxy, with_trailers,
+    Activator, App, Body, QueueProxy, assert_grpc_ok, channel_body, echo_app, eventually, full,
+    get, grpc_echo_app, grpc_message, grpc_ok_trailers, h2c, http1, read_data, revision, send,
+    start_queue_proxy, with_trailers,
 };
 use tokio::net::TcpStream;
 use tokio_tungstenite::{
@@ -79,45 +80,6 @@ fn to_rev(method: http::Method, url: String) -> http::request::Builder {
 }
 
 // === bodies and gRPC shapes ===
-
-fn assert_grpc_ok(trailers: Option<&HeaderMap>) {
-    let trailers = trailers.expect("trailers reached the client");
-    assert_eq!(
-        trailers.get("grpc-status").map(|v| v.to_str().unwrap()),
-        Some("0"),
-        "trailers: {trailers:?}"
-    );
-    assert_eq!(
-        trailers.get("grpc-message").map(|v| v.to_str().unwrap()),
-        Some("all good"),
-        "trailers: {trailers:?}"
-    );
-}
-
-/// An app that streams each DATA frame of the request straight back as it arrives, then
-/// trailers `grpc-status: 0` after the request body ends. The response starts before the request
-/// body is read.
-async fn streaming_echo_app() -> App {
-    App::start(|req: Request<Incoming>| async move {
-        let (tx, body) = channel_body();
-        let mut incoming = req.into_body();
-        tokio::spawn(async move {
-            while let Some(Ok(frame)) = incoming.frame().await {
-                if let Ok(data) = frame.into_data()
-                    && tx.send(Frame::data(data)).await.is_err()
-                {
-                    return;
-                }
-            }
-            let _ = tx.send(Frame::trailers(grpc_ok_trailers())).await;
-        });
-        Response::builder()
-            .header(header::CONTENT_TYPE, "application/grpc")
-            .body(body)
-            .unwrap()
-    })
-    .await
-}
 
 /// Feeds `chunks` into a request body one by one, 20 ms apart, then ends it.
 fn feed(chunks: Vec<Bytes>) -> (Body, tokio::task::JoinHandle<()>) {
@@ -257,7 +219,7 @@ async fn http1_get_reaches_the_app_with_its_host_restored() {
 
 #[tokio::test]
 async fn http1_streamed_post_body_is_echoed() {
-    let app = streaming_echo_app().await;
+    let app = grpc_echo_app().await;
     let (_qp, act) = stack(&app, 0, false, &[]);
     let chunks: Vec<Bytes> = (0..5)
         .map(|i| Bytes::from(format!("chunk {i};").repeat(1000)))
@@ -340,13 +302,13 @@ async fn grpc_client_stream_over_h2c_gets_its_data_and_trailers() {
     let collected = within("gRPC body", res.into_body().collect())
         .await
         .expect("gRPC body");
-    assert_grpc_ok(collected.trailers());
+    assert_grpc_ok(collected.trailers().expect("trailers reached the client"));
     assert_eq!(collected.to_bytes(), expected);
 }
 
 #[tokio::test]
 async fn grpc_bidi_stream_over_h2c_is_full_duplex() {
-    let app = streaming_echo_app().await;
+    let app = grpc_echo_app().await;
     let (_qp, act) = stack(&app, 0, true, &[]);
     let (tx, body) = channel_body();
     let req = to_rev(http::Method::POST, act.h2c_url("/echo.Echo/BidiStream"))
@@ -375,7 +337,7 @@ async fn grpc_bidi_stream_over_h2c_is_full_duplex() {
     let rest = within("the end of the stream", body.collect())
         .await
         .expect("the end of the stream");
-    assert_grpc_ok(rest.trailers());
+    assert_grpc_ok(rest.trailers().expect("trailers reached the client"));
     assert!(rest.to_bytes().is_empty(), "data after the echoes");
 }
 

@@ -39,13 +39,7 @@ async fn logged(act: &Activator, a: &str, b: &str) {
 
 async fn assert_served(act: &Activator, name: &str, pod: &FakePod) {
     let res = get_rev(act, name).await;
-    assert_eq!(
-        res.status,
-        StatusCode::OK,
-        "{}\nlogs:\n{}",
-        res.text(),
-        act.process.logs()
-    );
+    act.assert_ok(&res);
     assert_eq!(served_by(&res), pod.addr.ip().to_string());
 }
 

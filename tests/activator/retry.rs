@@ -10,13 +10,7 @@ use tests::{Activator, Collected, channel_body, eventually, full, revision};
 use crate::cold_start::{FakePod, all_probed_ready, get_rev, post_rev, served_by};
 
 fn served_ok(res: &Collected, act: &Activator, live: &FakePod) {
-    assert_eq!(
-        res.status,
-        StatusCode::OK,
-        "{}\nlogs:\n{}",
-        res.text(),
-        act.process.logs()
-    );
+    act.assert_ok(res);
     assert_eq!(served_by(res), live.addr.ip().to_string());
 }
 

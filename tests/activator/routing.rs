@@ -37,16 +37,6 @@ fn ip(t: &FakePod) -> String {
     t.addr.ip().to_string()
 }
 
-fn ok(res: &Collected, act: &Activator) {
-    assert_eq!(
-        res.status,
-        StatusCode::OK,
-        "{}\nlogs:\n{}",
-        res.text(),
-        act.process.logs()
-    );
-}
-
 // === identification ===
 
 #[tokio::test]
@@ -62,7 +52,7 @@ async fn the_revision_headers_identify_the_revision() {
             ],
         )
         .await;
-        ok(&res, &t.act);
+        t.act.assert_ok(&res);
         assert_eq!(served_by(&res), ip(pod), "request for {name}");
     }
 }
@@ -77,7 +67,7 @@ async fn the_host_identifies_the_revision_with_or_without_a_port() {
         ("two.default.svc.cluster.local:8012", &t.two),
     ] {
         let res = get(&t.act.url("/"), &[("host", host)]).await;
-        ok(&res, &t.act);
+        t.act.assert_ok(&res);
         assert_eq!(served_by(&res), ip(pod), "request for {host}");
     }
 }
@@ -94,7 +84,7 @@ async fn the_revision_headers_win_over_the_host() {
         ],
     )
     .await;
-    ok(&res, &t.act);
+    t.act.assert_ok(&res);
     assert_eq!(served_by(&res), ip(&t.one));
 }
 
@@ -102,7 +92,7 @@ async fn the_revision_headers_win_over_the_host() {
 async fn the_host_must_be_in_the_cluster_domain() {
     let t = two_revisions(8, &["--cluster-domain", "example.org"]).await;
     let res = get(&t.act.url("/"), &[("host", "one.default.svc.example.org")]).await;
-    ok(&res, &t.act);
+    t.act.assert_ok(&res);
     assert_eq!(served_by(&res), ip(&t.one));
 
     let res = get(
@@ -143,7 +133,7 @@ async fn an_h2c_authority_identifies_the_revision() {
         headers: parts.headers,
         body,
     };
-    ok(&res, &t.act);
+    t.act.assert_ok(&res);
     assert_eq!(served_by(&res), ip(&t.two));
     assert_eq!(
         res.header("x-echo-k-original-host"),
@@ -209,7 +199,7 @@ async fn the_pod_sees_the_original_host_the_proxy_marker_and_the_client_ip() {
         ],
     )
     .await;
-    ok(&res, &t.act);
+    t.act.assert_ok(&res);
     assert_eq!(
         res.header("x-echo-k-original-host"),
         Some("hello.example.com")
@@ -233,7 +223,7 @@ async fn the_pod_sees_the_original_host_the_proxy_marker_and_the_client_ip() {
         &[("host", "two.default.svc.cluster.local:8012")],
     )
     .await;
-    ok(&res, &t.act);
+    t.act.assert_ok(&res);
     assert_eq!(served_by(&res), ip(&t.two));
     assert_eq!(
         res.header("x-echo-k-original-host"),
@@ -251,7 +241,7 @@ async fn the_pod_sees_the_original_host_the_proxy_marker_and_the_client_ip() {
         ],
     )
     .await;
-    ok(&res, &t.act);
+    t.act.assert_ok(&res);
     assert_eq!(
         res.header("x-echo-k-original-host"),
         Some("first.example.com")
@@ -305,7 +295,7 @@ async fn kubelet_probes_fail_while_the_required_autoscaler_is_unreachable() {
         ],
     )
     .await;
-    ok(&res, &t.act);
+    t.act.assert_ok(&res);
 }
 
 #[tokio::test]

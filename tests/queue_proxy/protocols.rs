@@ -17,8 +17,9 @@ use tokio::{
 };
 
 use tests::{
-    App, Body, QueueProxy, channel_body, echo_app, full, get, grpc_message, grpc_ok_trailers, h2c,
-    http1, next_frame, queue_proxy_env, read_data, send,
+    App, Body, QueueProxy, assert_grpc_ok, channel_body, echo_app, full, get, grpc_echo_app,
+    grpc_message, grpc_ok_trailers, grpc_response, h2c, http1, next_frame, queue_proxy_env,
+    read_data, send,
 };
 
 /// The longest any single network step may take before the test fails instead of hanging.
@@ -49,49 +50,6 @@ async fn read_trailers(body: &mut Incoming) -> HeaderMap {
 }
 
 /// A response with `content-type: application/grpc` and `body`.
-fn grpc_response(body: Body) -> Response<Body> {
-    Response::builder()
-        .header(header::CONTENT_TYPE, "application/grpc")
-        .body(body)
-        .unwrap()
-}
-
-fn assert_grpc_ok(trailers: &HeaderMap) {
-    assert_eq!(
-        trailers.get("grpc-status").map(|v| v.to_str().unwrap()),
-        Some("0"),
-        "trailers: {trailers:?}"
-    );
-    assert_eq!(
-        trailers.get("grpc-message").map(|v| v.to_str().unwrap()),
-        Some("all good"),
-        "trailers: {trailers:?}"
-    );
-}
-
-/// An app that answers every request as it arrives: each DATA frame of the request is sent back
-/// at once, and trailers `grpc-status: 0` follow the end of the request body. The response
-/// starts before the request body is read.
-async fn duplex_echo_app() -> App {
-    App::start(|req: Request<Incoming>| async move {
-        let (tx, body) = channel_body();
-        let mut incoming = req.into_body();
-        tokio::spawn(async move {
-            while let Some(Ok(frame)) = incoming.frame().await {
-                if let Ok(data) = frame.into_data()
-                    && tx.send(Frame::data(data)).await.is_err()
-                {
-                    return;
-                }
-            }
-            let _ = tx.send(Frame::trailers(grpc_ok_trailers())).await;
-        });
-        grpc_response(body)
-    })
-    .await
-}
-
-/// FNV-1a: enough to tell a reordered or altered stream from the original.
 fn fnv1a(hash: u64, data: &[u8]) -> u64 {
     data.iter().fold(hash, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
@@ -512,7 +470,7 @@ async fn full_duplex_exchange(
 
 #[tokio::test]
 async fn h2c_streaming_request_is_full_duplex() {
-    let app = duplex_echo_app().await;
+    let app = grpc_echo_app().await;
     let qp = QueueProxy::start(&queue_proxy_env(app.port()));
     let mut body = full_duplex_exchange(&h2c(), qp.url("/echo.Echo/BidiStream")).await;
     assert_grpc_ok(&read_trailers(&mut body).await);
@@ -520,7 +478,7 @@ async fn h2c_streaming_request_is_full_duplex() {
 
 #[tokio::test]
 async fn http1_streaming_request_is_full_duplex() {
-    let app = duplex_echo_app().await;
+    let app = grpc_echo_app().await;
     let qp = QueueProxy::start(&queue_proxy_env(app.port()));
     let mut body = full_duplex_exchange(&http1(), qp.url("/duplex")).await;
     // The app declares no `Trailer`, so over HTTP/1.1 only the end of the body matters here.

@@ -592,7 +592,35 @@ pub fn revision(name: &str, cc: u32, endpoints: &[SocketAddr]) -> serde_json::Va
     })
 }
 
+/// Arguments that put the activator's three listeners on ports the kernel picks.
+pub const ACTIVATOR_EPHEMERAL_PORTS: [&str; 6] = [
+    "--http1-port",
+    "0",
+    "--h2c-port",
+    "0",
+    "--metrics-port",
+    "0",
+];
+
+/// The keys the activator logs its listeners' ports under.
+pub const ACTIVATOR_PORT_KEYS: [&str; 3] = [
+    "ACTIVATOR_HTTP1_PORT",
+    "ACTIVATOR_H2C_PORT",
+    "ACTIVATOR_METRICS_PORT",
+];
+
 impl Activator {
+    /// Asserts that `res` is 200, showing its body and this activator's log otherwise.
+    pub fn assert_ok(&self, res: &Collected) {
+        assert_eq!(
+            res.status,
+            StatusCode::OK,
+            "{}\nlogs:\n{}",
+            res.text(),
+            self.process.logs()
+        );
+    }
+
     /// Starts the activator on ephemeral ports with `--revisions` holding `revisions` (a JSON
     /// array of entries, see [`revision`]), extra `args` and `env` on top of a minimal
     /// environment. The autoscaler URL defaults to a closed port and readiness does not wait for
@@ -602,16 +630,8 @@ impl Activator {
         let path = dir.0.join("revisions.json");
         write_revisions(&path, &serde_json::json!({ "revisions": revisions }));
         let path_text = path.to_string_lossy().into_owned();
-        let mut all: Vec<&str> = vec![
-            "--revisions",
-            &path_text,
-            "--http1-port",
-            "0",
-            "--h2c-port",
-            "0",
-            "--metrics-port",
-            "0",
-        ];
+        let mut all: Vec<&str> = vec!["--revisions", &path_text];
+        all.extend(ACTIVATOR_EPHEMERAL_PORTS);
         if !args.iter().any(|a| a.starts_with("--autoscaler-url")) {
             all.extend(["--autoscaler-url", "ws://127.0.0.1:1/"]);
         }
@@ -635,16 +655,7 @@ impl Activator {
         for (k, v) in env {
             environment.insert((*k).to_owned(), (*v).to_owned());
         }
-        let process = Process::start_binary(
-            "activator",
-            &all,
-            &environment,
-            &[
-                "ACTIVATOR_HTTP1_PORT",
-                "ACTIVATOR_H2C_PORT",
-                "ACTIVATOR_METRICS_PORT",
-            ],
-        );
+        let process = Process::start_binary("activator", &all, &environment, &ACTIVATOR_PORT_KEYS);
         Self {
             process,
             revisions: path,
@@ -730,4 +741,50 @@ pub fn grpc_ok_trailers() -> http::HeaderMap {
     t.insert("grpc-status", "0".parse().unwrap());
     t.insert("grpc-message", "all good".parse().unwrap());
     t
+}
+
+/// Asserts that `trailers` are [`grpc_ok_trailers`].
+pub fn assert_grpc_ok(trailers: &http::HeaderMap) {
+    assert_eq!(
+        trailers.get("grpc-status").map(|v| v.to_str().unwrap()),
+        Some("0"),
+        "trailers: {trailers:?}"
+    );
+    assert_eq!(
+        trailers.get("grpc-message").map(|v| v.to_str().unwrap()),
+        Some("all good"),
+        "trailers: {trailers:?}"
+    );
+}
+
+/// A gRPC response (`application/grpc`) with `body`.
+pub fn grpc_response(body: Body) -> Response<Body> {
+    Response::builder()
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .body(body)
+        .unwrap()
+}
+
+/// An app that answers every request as it arrives: each DATA frame of the request is sent back
+/// at once, and [`grpc_ok_trailers`] follow the end of the request body. The response starts
+/// before the request body is read.
+pub async fn grpc_echo_app() -> App {
+    App::start(|req: Request<Incoming>| async move {
+        let (tx, body) = channel_body();
+        let mut incoming = req.into_body();
+        tokio::spawn(async move {
+            while let Some(Ok(frame)) = incoming.frame().await {
+                if let Ok(data) = frame.into_data()
+                    && tx.send(http_body::Frame::data(data)).await.is_err()
+                {
+                    return;
+                }
+            }
+            let _ = tx
+                .send(http_body::Frame::trailers(grpc_ok_trailers()))
+                .await;
+        });
+        grpc_response(body)
+    })
+    .await
 }
